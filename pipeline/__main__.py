@@ -1,0 +1,77 @@
+"""`python -m pipeline <stage>` runs one stage with the params in params.yaml.
+
+Stages: download, dedup, curate, resize, train, sample. `curate` also takes
+status | sync | accept ID... | reject ID... to edit the manifest.
+Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.params import load_params
+
+STAGES = ["download", "dedup", "curate", "resize", "train", "sample"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = ap.add_subparsers(dest="stage", required=True, metavar="stage")
+    for name in STAGES:
+        sp = sub.add_parser(name, help=f"run the {name} stage")
+        if name == "curate":
+            sp.add_argument(
+                "action",
+                nargs="?",
+                choices=["run", "status", "sync", "accept", "reject"],
+                default="run",
+                help="run the stage (default), or edit the manifest",
+            )
+            sp.add_argument("ids", nargs="*", help="image ids for accept/reject")
+            sp.add_argument("--note", help="note to store with accept/reject")
+            sp.add_argument("--all-pending", action="store_true", help="accept/reject every pending candidate")
+    return ap
+
+
+def _curate(args: argparse.Namespace, params) -> None:
+    from pipeline import curate, paths
+
+    if args.action == "run":
+        curate.run(params)
+    elif args.action == "status":
+        print(curate.status(params))
+    elif args.action == "sync":
+        print(f"added {curate.sync(params)} pending rows to {paths.MANIFEST}")
+    else:
+        if not args.ids and not args.all_pending:
+            raise PipelineError(f"curate {args.action}: name image ids, or pass --all-pending")
+        decision = "accept" if args.action == "accept" else "reject"
+        changed = curate.decide(params, decision, args.ids, args.note, args.all_pending)
+        print(f"{decision}ed {len(changed)} images in {paths.MANIFEST}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(args.params)
+        if args.stage == "curate":
+            _curate(args, params)
+        else:
+            importlib.import_module(f"pipeline.{args.stage}").run(params)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
