@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
             )
             sp.add_argument("ids", nargs="*", help="image ids for accept/reject")
             sp.add_argument("--note", help="note to store with accept/reject")
-            sp.add_argument("--all-pending", action="store_true", help="accept/reject every pending candidate")
+            sp.add_argument(
+                "--all-pending", action="store_true", help="accept/reject every pending candidate"
+            )
     return ap
 
 

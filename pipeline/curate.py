@@ -70,8 +70,7 @@ def parse_manifest(text: str, name: str = "manifest.csv") -> Manifest:
             header = [c.lower() if c.lower() in BASE_FIELDS else c for c in cells]
             if "id" not in header or "decision" not in header:
                 raise ManifestError(
-                    f"{name}:{line}: header must name the columns id and decision "
-                    f"(found: {', '.join(cells)})"
+                    f"{name}:{line}: header must name the columns id and decision (found: {', '.join(cells)})"
                 )
             manifest.fields = BASE_FIELDS + [h for h in header if h not in BASE_FIELDS and h]
             continue
@@ -155,7 +154,9 @@ def run(params: Params) -> Summary:
         )
     out = paths.CURATED
     write_csv_atomic(
-        out / "accepted.csv", ["id", "file"], ({"id": c["id"], "file": c["file"]} for c in cands if c["id"] in chosen)
+        out / "accepted.csv",
+        ["id", "file"],
+        ({"id": c["id"], "file": c["file"]} for c in cands if c["id"] in chosen),
     )
     report = {
         "candidates": len(cands),

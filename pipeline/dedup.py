@@ -190,4 +190,3 @@ def _groups_sheet(raw: Path, by_id: dict, members: list[Member], path: Path) -> 
             items.append((load_rgb(raw / by_id[m.id]["file"]), label))
         items.extend((Image.new("RGB", (1, 1), (32, 32, 32)), "") for _ in range(width - len(g)))
     save_image_atomic(contact_sheet(items, thumb=96, cols=width), path)
-

@@ -13,6 +13,8 @@ Outputs (in data/raw/):
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
 from tqdm import tqdm
 
 from pipeline import paths, synthetic

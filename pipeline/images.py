@@ -138,9 +138,7 @@ def load_rgb(path: str | Path, background: RGB = (255, 255, 255)) -> Image.Image
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             # 16-bit and float greyscale: scale to 8 bits instead of clipping.
             img = img.point(lambda v: v / 256).convert("L")
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or (
-            img.mode == "P" and "transparency" in img.info
-        )
+        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
         if has_alpha:
             rgba = img.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, background + (255,))

@@ -8,6 +8,7 @@ This file imports only torch, so it runs on any machine with torch >= 2.4.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -23,7 +24,9 @@ def widths(resolution: int, channels: int, max_channels: int = 512) -> list[int]
 
 
 class Generator(nn.Module):
-    def __init__(self, resolution: int = 64, latent_dim: int = 100, channels: int = 64, max_channels: int = 512):
+    def __init__(
+        self, resolution: int = 64, latent_dim: int = 100, channels: int = 64, max_channels: int = 512
+    ):
         super().__init__()
         w = widths(resolution, channels, max_channels)
         layers: list[nn.Module] = [
@@ -31,8 +34,12 @@ class Generator(nn.Module):
             nn.BatchNorm2d(w[0]),
             nn.ReLU(True),
         ]
-        for cin, cout in zip(w, w[1:], strict=False):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        for cin, cout in itertools.pairwise(w):
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(w[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.latent_dim = latent_dim
@@ -47,8 +54,12 @@ class Discriminator(nn.Module):
         super().__init__()
         w = list(reversed(widths(resolution, channels, max_channels)))
         layers: list[nn.Module] = [nn.Conv2d(3, w[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(w, w[1:], strict=False):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+        for cin, cout in itertools.pairwise(w):
+            layers += [
+                nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.2, True),
+            ]
         layers += [nn.Conv2d(w[-1], 1, 4, 1, 0, bias=False)]
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
@@ -67,7 +78,9 @@ def init_weights(m: nn.Module) -> None:
 
 def build_generator(config: dict) -> Generator:
     """Rebuild a generator from the config saved beside its weights."""
-    return Generator(config["resolution"], config["latent_dim"], config["channels"], config.get("max_channels", 512))
+    return Generator(
+        config["resolution"], config["latent_dim"], config["channels"], config.get("max_channels", 512)
+    )
 
 
 def load_generator(path: str, device: str | torch.device = "cpu") -> tuple[Generator, dict]:

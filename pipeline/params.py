@@ -37,8 +37,8 @@ class DownloadParams:
 @dataclass(frozen=True)
 class DedupParams:
     hash_size: int = 8
-    threshold: int = 6
-    max_colour_diff: float = 12.0
+    threshold: int = 8
+    max_colour_diff: float = 8.0
 
     def validate(self) -> None:
         _check(
@@ -50,8 +50,7 @@ class DedupParams:
         _check(
             0 <= self.threshold < limit,
             "dedup.threshold",
-            f"must be between 0 and {limit - 1} bits for hash_size {self.hash_size}, "
-            f"got {self.threshold}",
+            f"must be between 0 and {limit - 1} bits for hash_size {self.hash_size}, got {self.threshold}",
         )
         _check(
             0 <= self.max_colour_diff <= 255,
