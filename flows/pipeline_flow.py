@@ -148,7 +148,9 @@ def pipeline_flow(stages: list[str] | None = None, force: bool = False, repo: st
     logger.info("stages, in DVC's order: %s", " -> ".join(selected))
     results: dict[str, str] = {}
     for stage in selected:
-        results[stage] = run_stage(stage, repo, force)
+        state = run_stage(stage, repo, force)
+        # A task that returns a State hands that State back to the flow.
+        results[stage] = "cached" if getattr(state, "name", "") == "Cached" else "ran"
     publish_artifacts(repo)
-    logger.info("done: %s", ", ".join(f"{k} {v}" for k, v in results.items()))
+    logger.info("done: %s", ", ".join(f"{k}: {v}" for k, v in results.items()))
     return results

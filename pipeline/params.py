@@ -89,7 +89,7 @@ class TrainParams:
     lr: float = 0.0002
     beta1: float = 0.5
     beta2: float = 0.999
-    kimg: float = 30.0
+    kimg: float = 45.0
     log_kimg: float = 2.0
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
