@@ -5,25 +5,51 @@ graph), so dvc.yaml stays the one definition of the DAG. Each task runs
 `dvc repro --single-item <stage>`, which gives exactly the caching of
 `dvc repro`: a stage whose deps and params are unchanged is skipped, and its
 task ends in a Completed state named "Cached".
+
+A run with param overrides (the `-S` syntax of `dvc exp run`) sets them in
+params.yaml through DVC, runs the stages one task each, then records the
+result with `dvc exp run -S ...`: the stages are already up to date, so DVC
+only checks them and commits the experiment. Its name is tagged on the flow
+run and published as an artifact.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.states import Completed, State
+from prefect.tasks import exponential_backoff
+
+# The two stages the flow treats specially: the network fetch retries, training reports progress.
+DOWNLOAD = "download"
+TRAIN = "train"
 
 CACHED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
+EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
+# A tqdm line such as "train:  50%|#####     | 1.60k/3.20k [00:10<00:10, 160img/s, loss_d=1.2, loss_g=0.5]".
+TQDM = re.compile(
+    r"^(?P<desc>[^:|]+):\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<done>[^/\s]+)/(?P<total>\S+)\s*\[(?P<info>.*)\]"
+)
+GRID_MAX_PX = 1024  # the sample grid is embedded as base64; keep the artifact small
 
 
 def stage_order(repo: str | Path = ".") -> list[str]:
@@ -51,14 +77,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-@task(task_run_name="{stage}")
-def run_stage(stage: str, repo: str = ".", force: bool = False) -> State:
-    """`dvc repro --single-item STAGE`, its output streamed into the run log."""
+def _stream(args: list[str], repo: str, on_line: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run `dvc ARGS` in `repo`, handing each output line to `on_line`; return (exit code, last lines)."""
     logger = get_run_logger()
-    cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
-    logger.info("$ %s", " ".join(cmd[1:]))
+    logger.info("$ dvc %s", " ".join(args))
+    # Text mode splits on \r too, so each tqdm refresh arrives as its own line.
     proc = subprocess.Popen(
-        ["dvc", *cmd[1:]] if cmd[0] == "dvc" else cmd,
+        [_dvc(), *args],
         cwd=repo,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -66,7 +91,6 @@ def run_stage(stage: str, repo: str = ".", force: bool = False) -> State:
         text=True,
         errors="replace",
     )
-    cached = False
     tail: list[str] = []
     assert proc.stdout is not None
     for raw in proc.stdout:
@@ -74,56 +98,165 @@ def run_stage(stage: str, repo: str = ".", force: bool = False) -> State:
         if not line:
             continue
         logger.info(line)
-        cached = cached or bool(CACHED.search(line))
+        on_line(line)
         tail = (tail + [line])[-20:]
-    rc = proc.wait()
+    return proc.wait(), tail
+
+
+def _dvc_error(what: str, rc: int, tail: list[str]) -> RuntimeError:
+    # DVC's own ERROR line plus the stage's one-line `error: ...`, else the last lines it printed.
+    errors = [t for t in tail if t.startswith(("ERROR", "error:"))] or tail[-3:]
+    return RuntimeError(f"{what} failed (dvc exit {rc}): {' | '.join(errors)}")
+
+
+class TrainProgress:
+    """A progress artifact fed by the stage's tqdm bar, created on its first line."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.artifact_id = None
+
+    def feed(self, line: str) -> None:
+        m = TQDM.match(line)
+        if not m or m["desc"].strip() != self.stage:
+            return
+        extra = [p.strip() for p in m["info"].split(",")[1:] if "=" in p]
+        desc = f"{self.stage}: {m['done']}/{m['total']} images" + (f", {', '.join(extra)}" if extra else "")
+        self.set(float(m["pct"]), desc)
+
+    def set(self, pct: float, description: str) -> None:
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(
+                pct, key=f"mario-gan-{self.stage}-progress", description=description
+            )
+        else:
+            update_progress_artifact(self.artifact_id, pct, description=description)
+
+
+@task(task_run_name="{stage}")
+def run_stage(stage: str, repo: str = ".", force: bool = False) -> State:
+    """`dvc repro --single-item STAGE`, its output streamed into the run log."""
+    progress = TrainProgress(stage) if stage == TRAIN else None
+    cached = False
+
+    def on_line(line: str) -> None:
+        nonlocal cached
+        cached = cached or bool(CACHED.search(line))
+        if progress is not None:
+            progress.feed(line)
+
+    rc, tail = _stream(["repro", "--single-item", stage] + (["--force"] if force else []), repo, on_line)
     if rc != 0:
-        errors = [t for t in tail if t.startswith(("ERROR", "error:"))] or tail[-3:]
-        raise RuntimeError(f"stage {stage} failed (dvc exit {rc}): {' | '.join(errors)}")
+        raise _dvc_error(f"stage {stage}", rc, tail)
     if cached:
         return Completed(name="Cached", message=f"{stage}: unchanged, DVC skipped it", data="cached")
+    if progress is not None:
+        progress.set(100.0, f"{stage}: done")
     return Completed(message=f"{stage}: ran", data="ran")
+
+
+@task(task_run_name="set params")
+def set_params(overrides: list[str], repo: str = ".") -> None:
+    """Apply `dvc exp run -S` style overrides to params.yaml, after checking the result loads."""
+    from dvc.utils.hydra import apply_overrides
+
+    from pipeline.params import load_params
+
+    target = Path(repo) / "params.yaml"
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "params.yaml"
+        shutil.copy2(target, trial)
+        for o in overrides:
+            try:
+                apply_overrides(str(trial), [o])
+            except Exception as exc:
+                raise ValueError(
+                    f"override {o!r}: DVC rejected it ({exc}); use section.key=value for an existing key"
+                ) from None
+        load_params(trial)  # a bad value fails here, naming params.yaml: section.key
+        shutil.copyfile(trial, target)
+    get_run_logger().info("params.yaml: set %s", ", ".join(overrides))
+
+
+@task(task_run_name="dvc exp run")
+def record_experiment(overrides: list[str], stages: list[str], name: str | None, repo: str = ".") -> str:
+    """Commit the finished run as a DVC experiment; the stages are up to date, so nothing re-runs."""
+    found: list[str] = []
+    args = ["exp", "run", *(a for o in overrides for a in ("-S", o))]
+    args += (["--name", name] if name else []) + ["--single-item", *stages]
+    rc, tail = _stream(args, repo, lambda line: found.extend(EXPERIMENT.findall(line)))
+    if rc != 0 or not found:
+        raise _dvc_error("dvc exp run", rc, tail)
+    return found[-1].rstrip(",")
+
+
+def _tag_flow_run(tag: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, tags=sorted({*run.tags, tag}))
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
-def publish_artifacts(repo: str | Path = ".") -> None:
-    """Counts per stage, final metrics and the sample grid, keyed for history in the UI."""
+def _csv_rows(path: Path) -> int | None:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return sum(1 for _ in csv.DictReader(fh))
+    except OSError:
+        return None
+
+
+def _size(value: object) -> object:
+    return len(value) if isinstance(value, list | dict) else value
+
+
+def stage_counts(repo: str | Path = ".") -> list[dict]:
+    """Images per stage, from the reports the stages wrote; a missing report leaves its rows out."""
     root = Path(repo)
+    raw = _read_json(root / "data/raw/report.json")
     dedup = _read_json(root / "data/dedup/report.json")
     curate = _read_json(root / "data/curated/report.json")
-    processed = root / "data/processed/index.csv"
+    downloaded = _csv_rows(root / "data/raw/index.csv")
+    rejected = raw.get("rejected", _csv_rows(root / "data/raw/rejected.csv"))
     rows = [
-        {"stage": "download", "count": dedup.get("images", ""), "what": "images downloaded"},
-        {"stage": "dedup", "count": dedup.get("kept", ""), "what": "kept after removing duplicates"},
-        {"stage": "dedup", "count": dedup.get("duplicates", ""), "what": "duplicates dropped"},
-        {"stage": "curate", "count": curate.get("accepted", ""), "what": "accepted"},
-        {"stage": "curate", "count": curate.get("rejected", ""), "what": "rejected"},
-        {"stage": "curate", "count": curate.get("pending", ""), "what": "pending"},
-        {
-            "stage": "resize",
-            "count": max(0, len(processed.read_text().splitlines()) - 1) if processed.exists() else "",
-            "what": "training images",
-        },
+        ("download", "downloaded", downloaded),
+        ("download", "rejected by the downloader", _size(rejected)),
+        ("dedup", "kept (one per group)", dedup.get("kept")),
+        ("dedup", "duplicates dropped", dedup.get("duplicates")),
+        ("dedup", "duplicate groups", dedup.get("groups_with_duplicates")),
+        ("dedup", "unreadable", _size(dedup.get("unreadable"))),
+        ("curate", "accepted", curate.get("accepted")),
+        ("curate", "rejected", curate.get("rejected")),
+        ("curate", "pending", curate.get("pending")),
+        ("resize", "processed", _csv_rows(root / "data/processed/index.csv")),
     ]
-    create_table_artifact(key="mario-gan-counts", table=rows, description="Images per stage")
-    metrics = _read_json(root / "dvclive/metrics.json")
-    flat = [{"metric": k, "value": v} for k, v in _flatten(metrics).items()]
-    if flat:
-        create_table_artifact(key="mario-gan-metrics", table=flat, description="Training metrics")
-    grid = root / "samples/grid.png"
-    if grid.exists():
-        b64 = base64.b64encode(grid.read_bytes()).decode()
-        create_markdown_artifact(
-            key="mario-gan-samples",
-            markdown=f"## Samples\n\n![samples/grid.png](data:image/png;base64,{b64})\n",
-            description="samples/grid.png",
-        )
+    return [{"stage": s, "what": w, "count": c} for s, w, c in rows if c is not None]
+
+
+def metrics_rows(repo: str | Path = ".") -> list[dict]:
+    """Every metrics file dvc.yaml declares (DVCLive's, evaluate's), one row per value."""
+    try:
+        from dvc.repo import Repo
+
+        with Repo(str(repo)) as r:
+            files = r.metrics.show().get("", {}).get("data", {})
+        found = {path: entry.get("data", {}) for path, entry in files.items()}
+    except Exception:  # DVC could not read them: fall back to the known files
+        found = {p: _read_json(Path(repo) / p) for p in ("dvclive/metrics.json", "metrics/evaluate.json")}
+    return [
+        {"file": path, "metric": k, "value": round(v, 6) if isinstance(v, float) else v}
+        for path, data in sorted(found.items())
+        for k, v in _flatten(data).items()
+    ]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -136,9 +269,59 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _grid_png(path: Path) -> bytes:
+    """The grid as PNG bytes, shrunk to GRID_MAX_PX wide so the artifact stays small."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.width <= GRID_MAX_PX:
+            return path.read_bytes()
+        small = img.resize(
+            (GRID_MAX_PX, round(img.height * GRID_MAX_PX / img.width)), Image.Resampling.LANCZOS
+        )
+        buf = io.BytesIO()
+        small.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def publish_artifacts(repo: str | Path = ".", outcome: dict[str, str] | None = None) -> None:
+    """Counts per stage, final metrics and the sample grid, keyed for history in the UI."""
+    root = Path(repo)
+    counts = stage_counts(root)
+    if outcome:
+        counts = [r | {"this run": outcome.get(r["stage"], "not run")} for r in counts]
+    if counts:
+        create_table_artifact(key="mario-gan-counts", table=counts, description="Images per stage")
+    metrics = metrics_rows(root)
+    if metrics:
+        create_table_artifact(key="mario-gan-metrics", table=metrics, description="Final metrics")
+    grid = root / "samples/grid.png"
+    if grid.exists():
+        b64 = base64.b64encode(_grid_png(grid)).decode()
+        create_markdown_artifact(
+            key="mario-gan-samples",
+            markdown=f"## Samples\n\n![samples/grid.png](data:image/png;base64,{b64})\n",
+            description="samples/grid.png",
+        )
+
+
 @flow(name="mario-gan")
-def pipeline_flow(stages: list[str] | None = None, force: bool = False, repo: str = ".") -> dict[str, str]:
-    """Run the dvc.yaml stages in DAG order (all, or the named ones); returns stage -> ran|cached."""
+def pipeline_flow(
+    stages: list[str] | None = None,
+    force: bool = False,
+    overrides: list[str] | None = None,
+    experiment: str | None = None,
+    download_retries: int = 3,
+    retry_delay_seconds: float = 10.0,
+    repo: str = ".",
+) -> dict:
+    """Run the dvc.yaml stages in DAG order (all, or the named ones).
+
+    overrides: params to set, as in `dvc exp run -S` (e.g. "train.lr=0.0001"); the run becomes
+    a DVC experiment, named `experiment` or by DVC. The download stage retries `download_retries`
+    times, waiting retry_delay_seconds, then twice that, and so on. Returns
+    {"stages": {stage: "ran" | "cached"}, "experiment": name or None}.
+    """
     logger = get_run_logger()
     order = stage_order(repo)
     unknown = sorted(set(stages or []) - set(order))
@@ -146,11 +329,31 @@ def pipeline_flow(stages: list[str] | None = None, force: bool = False, repo: st
         raise ValueError(f"unknown stage {unknown[0]}; dvc.yaml has: {', '.join(order)}")
     selected = [s for s in order if not stages or s in stages]
     logger.info("stages, in DVC's order: %s", " -> ".join(selected))
+    if overrides:
+        set_params(overrides, repo)
+    delays = (
+        exponential_backoff(backoff_factor=retry_delay_seconds)(download_retries) if download_retries else 0
+    )
     results: dict[str, str] = {}
     for stage in selected:
-        state = run_stage(stage, repo, force)
+        runner = run_stage
+        if stage == DOWNLOAD:
+            runner = run_stage.with_options(retries=download_retries, retry_delay_seconds=delays)
+        state = runner(stage, repo, force)
         # A task that returns a State hands that State back to the flow.
         results[stage] = "cached" if getattr(state, "name", "") == "Cached" else "ran"
-    publish_artifacts(repo)
+    name = None
+    if overrides:
+        name = record_experiment(overrides, selected, experiment, repo)
+        _tag_flow_run(f"exp:{name}")
+        create_markdown_artifact(
+            key="mario-gan-experiment",
+            markdown=f"DVC experiment **{name}**\n\n"
+            + "".join(f"- `{o}`\n" for o in overrides)
+            + f"\nCompare: `dvc exp show`, `dvc plots diff {name}`\n",
+            description=f"experiment {name}",
+        )
+        logger.info("recorded as DVC experiment %s", name)
+    publish_artifacts(repo, results)
     logger.info("done: %s", ", ".join(f"{k}: {v}" for k, v in results.items()))
-    return results
+    return {"stages": results, "experiment": name}

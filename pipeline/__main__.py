@@ -1,7 +1,8 @@
 """`python -m pipeline <stage>` runs one stage with the params in params.yaml.
 
 Stages: download, dedup, curate, resize, train, sample. `curate` also takes
-status | sync | accept ID... | reject ID... to edit the manifest.
+status | sync | accept ID... | reject ID... to edit the manifest, and
+`review` serves a local page for curating with thumbnails and hotkeys.
 Errors a user can fix print one line and exit with status 2.
 """
 
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--all-pending", action="store_true", help="accept/reject every pending candidate"
             )
+    rv = sub.add_parser("review", help="curate on a local web page (127.0.0.1 only)")
+    rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    rv.add_argument("--no-browser", action="store_true", help="print the URL, don't open a browser")
     return ap
 
 
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         if args.stage == "curate":
             _curate(args, params)
+        elif args.stage == "review":
+            from pipeline import review
+
+            review.serve(args.port, open_browser=not args.no_browser)
         else:
             importlib.import_module(f"pipeline.{args.stage}").run(params)
     except PipelineError as exc:

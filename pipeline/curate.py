@@ -4,10 +4,15 @@ The manifest (data/curation/manifest.csv, git-tracked) has columns id,decision,n
 decision is `accept`, `reject`, or blank for pending. Extra columns are kept.
 A BOM, CRLF line endings and stray spaces (as spreadsheets write them) are
 fine; an unknown decision or a repeated id is an error naming the line.
+Rows are written sorted by id; rows for ids that are no longer images are kept.
+
+Decisions follow duplicate groups (data/dedup/groups.csv): a decision on any
+member of a group applies to the group's kept image, the one candidate that
+goes on to training. See `effective_decisions`.
 
 Outputs (in data/curated/):
   accepted.csv   id,file of the images that go on to resize
-  report.json    counts, and the pending and orphaned ids
+  report.json    counts; the pending, orphaned and conflicting ids
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ def parse_manifest(text: str, name: str = "manifest.csv") -> Manifest:
                 )
             manifest.fields = BASE_FIELDS + [h for h in header if h not in BASE_FIELDS and h]
             continue
+        if any(cells[len(header) :]):
+            raise ManifestError(
+                f"{name}:{line}: {len(cells)} cells but the header names {len(header)} columns; "
+                "name the extra column in the header or remove the cell"
+            )
         row = dict.fromkeys(manifest.fields, "")
         for key, value in zip(header, cells, strict=False):
             if key:
@@ -116,20 +126,76 @@ def write_manifest(path: str | Path, manifest: Manifest) -> None:
     write_csv_atomic(path, manifest.fields, rows)
 
 
+def read_groups(path: str | Path) -> dict[str, str]:
+    """Map every image id to the kept id of its dedup group; {} when dedup wrote none."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return {r["id"]: r["group"] or r["id"] for r in read_csv(path)}
+
+
+def kept_id(groups: dict[str, str], image_id: str) -> str:
+    """The image a decision on `image_id` applies to: its group's kept image."""
+    return groups.get(image_id, image_id)
+
+
 @dataclass(frozen=True)
 class Summary:
     accepted: list[str]
     rejected: list[str]
     pending: list[str]
     orphaned: list[str]
+    # kept id -> the duplicate whose row decided it, when the kept image has no row of its own
+    inherited: dict[str, str] = field(default_factory=dict)
+    # kept ids whose duplicates disagree (one accepted, one rejected): they count as rejected
+    conflicts: list[str] = field(default_factory=list)
 
 
-def summarize(manifest: Manifest, candidate_ids: list[str]) -> Summary:
-    """Split candidates by decision; orphaned are manifest ids no longer candidates."""
-    cands = set(candidate_ids)
-    by = {d: [i for i in candidate_ids if manifest.decision(i) == d] for d in DECISIONS + ("",)}
-    orphaned = sorted(i for i in manifest.rows if i not in cands)
-    return Summary(by["accept"], by["reject"], by[""], orphaned)
+def effective_decisions(
+    manifest: Manifest, candidate_ids: list[str], groups: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Each candidate's decision, following duplicate groups.
+
+    A candidate's own row wins. Without one, the rows of its group's other
+    members decide: a re-scrape that keeps a new, larger copy inherits the old
+    copy's decision. If those members disagree, reject wins, since training on
+    a picture someone rejected is the worse mistake.
+    Returns (decision by id, inherited-from by id, conflicting ids).
+    """
+    groups = groups or {}
+    members: dict[str, list[str]] = {}
+    for image_id in manifest.rows:
+        g = groups.get(image_id)
+        if g is not None and g != image_id:
+            members.setdefault(g, []).append(image_id)
+    decided: dict[str, str] = {}
+    inherited: dict[str, str] = {}
+    conflicts: list[str] = []
+    for c in candidate_ids:
+        own = manifest.decision(c)
+        if own:
+            decided[c] = own
+            continue
+        votes = {m: manifest.decision(m) for m in sorted(members.get(c, [])) if manifest.decision(m)}
+        if not votes:
+            decided[c] = ""
+            continue
+        final = "reject" if "reject" in votes.values() else "accept"
+        if len(set(votes.values())) > 1:
+            conflicts.append(c)
+        decided[c] = final
+        inherited[c] = next(m for m, d in votes.items() if d == final)
+    return decided, inherited, conflicts
+
+
+def summarize(manifest: Manifest, candidate_ids: list[str], groups: dict[str, str] | None = None) -> Summary:
+    """Split candidates by decision; orphaned are manifest ids that are no longer images."""
+    groups = groups or {}
+    decided, inherited, conflicts = effective_decisions(manifest, candidate_ids, groups)
+    by = {d: [i for i in candidate_ids if decided[i] == d] for d in DECISIONS + ("",)}
+    known = set(candidate_ids) | set(groups)
+    orphaned = sorted(i for i in manifest.rows if i not in known)
+    return Summary(by["accept"], by["reject"], by[""], orphaned, inherited, conflicts)
 
 
 def candidates(params: Params) -> list[dict[str, str]]:
@@ -139,17 +205,22 @@ def candidates(params: Params) -> list[dict[str, str]]:
     return read_csv(path)
 
 
+def _load(params: Params) -> tuple[list[dict[str, str]], dict[str, str], Manifest, Summary]:
+    cands = candidates(params)
+    groups = read_groups(paths.DEDUP / "groups.csv")
+    manifest = read_manifest(paths.MANIFEST)
+    return cands, groups, manifest, summarize(manifest, [c["id"] for c in cands], groups)
+
+
 def run(params: Params) -> Summary:
     """Write accepted.csv for the accepted (and, if asked, pending) candidates."""
     p = params.curate
-    cands = candidates(params)
-    manifest = read_manifest(paths.MANIFEST)
-    s = summarize(manifest, [c["id"] for c in cands])
+    cands, _, _, s = _load(params)
     chosen = set(s.accepted) | (set(s.pending) if p.include_pending else set())
     if not chosen:
         raise PipelineError(
             f"{paths.MANIFEST}: no accepted images among {len(cands)} candidates; "
-            "accept some with `python -m pipeline curate accept ID...` "
+            "accept some with `python -m pipeline review` or `python -m pipeline curate accept ID...` "
             "(or `--all-pending`), or set decision=accept in the manifest, then re-run"
         )
     out = paths.CURATED
@@ -167,34 +238,45 @@ def run(params: Params) -> Summary:
         "include_pending": p.include_pending,
         "used": len(chosen),
         "pending_ids": s.pending,
+        "orphaned_ids": s.orphaned,
+        "inherited_from_duplicates": s.inherited,
+        "conflicting_duplicates": s.conflicts,
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     if s.pending:
         how = "included" if p.include_pending else "excluded (set curate.include_pending to use them)"
         log.warning("curate: %d pending candidates %s: %s", len(s.pending), how, ", ".join(s.pending[:10]))
+    for c in s.conflicts:
+        log.warning("curate: duplicates of %s disagree in the manifest; rejected (decide %s itself)", c, c)
     log.info("curate: %d accepted, %d rejected, %d pending", len(s.accepted), len(s.rejected), len(s.pending))
     return s
 
 
 def status(params: Params) -> str:
     """One line of counts, for `python -m pipeline curate status`."""
-    manifest = read_manifest(paths.MANIFEST)
-    s = summarize(manifest, [c["id"] for c in candidates(params)])
-    return (
+    s = _load(params)[3]
+    line = (
         f"accepted {len(s.accepted)}, rejected {len(s.rejected)}, "
         f"pending {len(s.pending)}, orphaned {len(s.orphaned)}"
     )
+    if s.conflicts:
+        line += (
+            f" ({len(s.conflicts)} rejected because their duplicates disagree: {', '.join(s.conflicts[:5])})"
+        )
+    return line
 
 
 def sync(params: Params) -> int:
-    """Add a blank (pending) row for every candidate not yet in the manifest."""
-    manifest = read_manifest(paths.MANIFEST)
+    """Add a blank (pending) row for every pending candidate not yet in the manifest."""
+    cands, _, manifest, s = _load(params)
+    pending = set(s.pending)
     added = 0
-    for c in candidates(params):
-        if c["id"] not in manifest.rows:
+    for c in cands:
+        if c["id"] in pending and c["id"] not in manifest.rows:
             manifest.set(c["id"], "")
             added += 1
-    write_manifest(paths.MANIFEST, manifest)
+    if added or not paths.MANIFEST.exists():
+        write_manifest(paths.MANIFEST, manifest)
     return added
 
 
@@ -205,18 +287,26 @@ def decide(
     note: str | None = None,
     all_pending: bool = False,
 ) -> list[str]:
-    """Record `decision` for ids (or every pending candidate); returns the ids changed."""
-    manifest = read_manifest(paths.MANIFEST)
-    known = [c["id"] for c in candidates(params)]
-    if all_pending:
-        ids = ids + [i for i in known if manifest.decision(i) == ""]
-    unknown = sorted(set(ids) - set(known) - set(manifest.rows))
+    """Record `decision` for ids (or every pending candidate); returns the ids written.
+
+    An id that is a duplicate is decided on its group's kept image instead.
+    """
+    cands, groups, manifest, s = _load(params)
+    known = {c["id"] for c in cands}
+    unknown = sorted(i for i in ids if i not in known and i not in groups and i not in manifest.rows)
     if unknown:
         raise PipelineError(
             f"unknown image id {unknown[0]}: not a candidate in "
             f"{paths.DEDUP}/candidates.csv nor in {paths.MANIFEST}"
         )
-    for image_id in ids:
+    targets = [kept_id(groups, i) for i in ids]
+    for i, t in zip(ids, targets, strict=True):
+        if i != t:
+            log.info("curate: %s is a duplicate of %s; the decision goes to %s", i, t, t)
+    if all_pending:
+        targets += s.pending
+    targets = list(dict.fromkeys(targets))
+    for image_id in targets:
         manifest.set(image_id, decision, note)
     write_manifest(paths.MANIFEST, manifest)
-    return ids
+    return targets

@@ -1,29 +1,72 @@
-"""Stage 1, download: fetch candidate images into data/raw/ with an index.
+"""Stage 1, download: fetch candidate images into data/raw/ with a provenance index.
 
-`download.source: synthetic` is the built-in offline image search (see
-pipeline/synthetic.py). Every file written is decoded once by Pillow before it
-is indexed, exactly as a web download would be checked.
+`download.source` picks where images come from:
+  synthetic  the built-in offline image search (pipeline/synthetic.py)
+  google     google-images-download in headless Chrome finds URLs, per query
+  bing       icrawler's Bing feeder and parser find URLs, per query
+  urls       a text or CSV file of image URLs (download.urls_file)
+  folder     image files under a local directory (download.folder)
+
+URLs are fetched by pipeline/fetch.py into a cache outside the DVC output
+(.cache/download, git-ignored), which survives DVC deleting data/raw before a run: a
+re-run re-uses what was fetched and only downloads new URLs. Every file is
+decoded once by Pillow before it is indexed.
 
 Outputs (in data/raw/):
-  <id>.<ext>         the image files
-  index.csv          id, source, origin, file, sha256, width, height, format
-  ground_truth.csv   what the generator planted; for tests only, no stage reads it
+  <id>.<ext>         the images; syn-NNNNN for synthetic, img-<sha256 prefix> otherwise
+  index.csv          one row per image: id, source, query, origin (image URL or path),
+                     page_url, file, sha256, bytes, width, height, format, fetched_at
+  urls.csv           every URL that gave an image (two URLs, same bytes: two rows, one id)
+  rejected.csv       every URL or file refused, with the reason
+  report.json        counts per query and per rejection reason
+  ground_truth.csv   synthetic only: what the generator planted; for tests only
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline import paths, synthetic
-from pipeline.images import ImageError, probe, sha256_file, write_bytes_atomic, write_csv_atomic
+from pipeline import paths, sources, synthetic
+from pipeline.errors import PipelineError
+from pipeline.fetch import Fetcher, Outcome, Rejected, Task, clean_temp, now, read_log, store_image, unique
+from pipeline.images import (
+    ImageError,
+    probe,
+    sha256_file,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_text_atomic,
+)
 from pipeline.params import DownloadParams, Params
 
 log = logging.getLogger(__name__)
 
-INDEX_FIELDS = ["id", "source", "origin", "file", "sha256", "width", "height", "format"]
+# Outside data/raw on purpose: DVC deletes a stage's outputs before running it.
+CACHE = Path(".cache/download")
+
+INDEX_FIELDS = [
+    "id",
+    "source",
+    "query",
+    "origin",
+    "page_url",
+    "file",
+    "sha256",
+    "bytes",
+    "width",
+    "height",
+    "format",
+    "fetched_at",
+]
+URL_FIELDS = ["id", "source", "query", "url", "page_url", "fetched_at"]
+REJECTED_FIELDS = ["source", "query", "url", "page_url", "reason", "retry", "fetched_at"]
 TRUTH_FIELDS = ["id", "kind", "subject", "duplicate_of", "transform"]
 
 
@@ -43,25 +86,200 @@ def _synthetic(p: DownloadParams, out: Path) -> tuple[list[dict], list[dict]]:
             {
                 "id": item.id,
                 "source": "synthetic",
+                "query": "",
                 "origin": f"synthetic://seed-{p.seed}/{i}",
+                "page_url": "",
                 "file": path.name,
                 "sha256": sha256_file(path),
+                "bytes": len(item.data),
                 "width": w,
                 "height": h,
                 "format": fmt,
+                "fetched_at": "",
             }
         )
         truth.append({k: getattr(item, k) for k in TRUTH_FIELDS})
     return index, truth
 
 
+def _discover(p: DownloadParams) -> Iterator[tuple[str, list[Task]]]:
+    """(label, tasks) per progress bar: one per query, or one for the urls file.
+
+    Search engines are asked lazily, query by query, so that a failure in a
+    later query keeps what earlier ones fetched.
+    """
+    if p.source == "urls":
+        yield Path(p.urls_file).name, sources.urls(p)
+        return
+    find = sources.google if p.source == "google" else sources.bing
+    for q in p.queries:
+        yield q, find(q, p)
+
+
+def _web(p: DownloadParams, out: Path) -> list[tuple[Task, Outcome]]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not (CACHE / ".gitignore").exists():
+        write_text_atomic(CACHE / ".gitignore", "# mario-gan's download cache: never commit it\n*\n")
+    stale = clean_temp(CACHE)
+    if stale:
+        log.info("removed %d partial files left by an interrupted run", stale)
+    done = read_log(CACHE)
+    fetcher = Fetcher(
+        CACHE,
+        workers=p.workers,
+        per_host=p.per_host,
+        timeout=p.timeout,
+        retries=p.retries,
+        max_bytes=p.max_bytes,
+        min_side=p.min_side,
+        ca_bundle=p.ca_bundle,
+    )
+    results: list[tuple[Task, Outcome]] = []
+    seen: set[str] = set()
+    for label, found in _discover(p):
+        tasks = [t for t in unique(found) if t.url not in seen]
+        seen.update(t.url for t in tasks)
+        todo = [t for t in tasks if t.url not in done]
+        fetched = {o.url: o for o in fetcher.fetch_many(todo, desc=f"{p.source}: {label}")}
+        got = [(t, fetched.get(t.url) or done[t.url]) for t in tasks]
+        ok = sum(o.ok for _, o in got)
+        log.info(
+            "%s %r: %d URLs (%d known from earlier runs): %d images, %d rejected",
+            p.source,
+            label,
+            len(tasks),
+            len(tasks) - len(todo),
+            ok,
+            len(got) - ok,
+        )
+        results += got
+    if not seen and p.source != "urls":
+        queries = ", ".join(repr(q) for q in p.queries)
+        raise PipelineError(
+            f"download: {p.source}: 0 results for every query ({queries}); the results page may have "
+            "changed or be unreachable (try the other engine, or source: urls)"
+        )
+    for _, o in results:
+        if o.ok and not (out / o.file).exists():
+            write_bytes_atomic(out / o.file, (CACHE / o.file).read_bytes())
+    return results
+
+
+def _import(path: Path, p: DownloadParams, out: Path) -> Outcome:
+    try:
+        size = path.stat().st_size
+        if size > p.max_bytes:
+            raise Rejected(f"too large: {size} bytes (download.max_bytes is {p.max_bytes})")
+        data = path.read_bytes()
+        name, sha, fmt, w, h = store_image(data, out, p.min_side)
+    except Rejected as exc:
+        return Outcome(str(path), False, str(exc), fetched_at=now())
+    except OSError as exc:
+        return Outcome(str(path), False, f"cannot read: {exc.strerror or exc}", fetched_at=now())
+    return Outcome(str(path), True, "", False, name, sha, len(data), w, h, fmt, "", now())
+
+
+def _folder(p: DownloadParams, out: Path) -> list[tuple[Task, Outcome]]:
+    files = sources.folder(p)
+    tasks = [Task(str(f), "", "", "folder") for f in files]
+    with ThreadPoolExecutor(max_workers=p.workers) as pool:
+        jobs = pool.map(lambda f: _import(f, p, out), files)
+        outcomes = list(tqdm(jobs, total=len(files), desc=f"folder: {p.folder}", unit="img"))
+    return list(zip(tasks, outcomes, strict=True))
+
+
+def _write_reports(p: DownloadParams, out: Path, results: list[tuple[Task, Outcome]]) -> list[dict]:
+    index, urls, rejected = [], [], []
+    ids: set[str] = set()
+    per_query: dict[str, Counter] = {}
+    for t, o in results:
+        counts = per_query.setdefault(t.query, Counter())
+        counts["urls"] += 1
+        if not o.ok:
+            counts["rejected"] += 1
+            rejected.append(
+                {
+                    "source": t.source,
+                    "query": t.query,
+                    "url": t.url,
+                    "page_url": t.page_url,
+                    "reason": o.reason,
+                    "retry": "yes" if o.retry else "no",
+                    "fetched_at": o.fetched_at,
+                }
+            )
+            continue
+        urls.append(
+            {
+                "id": o.id,
+                "source": t.source,
+                "query": t.query,
+                "url": t.url,
+                "page_url": t.page_url,
+                "fetched_at": o.fetched_at,
+            }
+        )
+        if o.id in ids:
+            counts["same bytes as another URL"] += 1
+            continue
+        ids.add(o.id)
+        counts["images"] += 1
+        index.append(
+            {
+                "id": o.id,
+                "source": t.source,
+                "query": t.query,
+                "origin": t.url,
+                "page_url": t.page_url,
+                "file": o.file,
+                "sha256": o.sha256,
+                "bytes": o.bytes,
+                "width": o.width,
+                "height": o.height,
+                "format": o.format,
+                "fetched_at": o.fetched_at,
+            }
+        )
+    write_csv_atomic(out / "index.csv", INDEX_FIELDS, index)
+    write_csv_atomic(out / "urls.csv", URL_FIELDS, urls)
+    write_csv_atomic(out / "rejected.csv", REJECTED_FIELDS, rejected)
+    reasons = Counter(_reason_kind(r["reason"]) for r in rejected)
+    report = {
+        "source": p.source,
+        "images": len(index),
+        "urls": len(results),
+        "rejected": len(rejected),
+        "per_query": {q: dict(c) for q, c in per_query.items()},
+        "rejection_reasons": dict(reasons.most_common()),
+    }
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return index
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the report: 'HTTP 404', 'too small', 'SVG', ..."""
+    return reason.split(":")[0].split(" (")[0]
+
+
 def run(params: Params) -> list[dict]:
-    """Write the candidate images and index.csv; return the index rows."""
+    """Write the candidate images, index.csv and the reports; return the index rows."""
     p = params.download
     out = paths.RAW
     out.mkdir(parents=True, exist_ok=True)
-    index, truth = _synthetic(p, out)
-    write_csv_atomic(out / "index.csv", INDEX_FIELDS, index)
-    write_csv_atomic(out / "ground_truth.csv", TRUTH_FIELDS, truth)
-    log.info("download: %d images in %s", len(index), out)
+    if p.source == "synthetic":
+        index, truth = _synthetic(p, out)
+        write_csv_atomic(out / "index.csv", INDEX_FIELDS, index)
+        write_csv_atomic(out / "ground_truth.csv", TRUTH_FIELDS, truth)
+        log.info("download: %d images in %s", len(index), out)
+        return index
+    results = _folder(p, out) if p.source == "folder" else _web(p, out)
+    index = _write_reports(p, out, results)
+    rejected = sum(not o.ok for _, o in results)
+    log.info(
+        "download: %d images in %s, %d rejected (see %s)", len(index), out, rejected, out / "rejected.csv"
+    )
+    if not index:
+        raise PipelineError(
+            f"download: {p.source}: no usable images ({rejected} refused); reasons in {out / 'rejected.csv'}"
+        )
     return index

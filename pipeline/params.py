@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
@@ -26,12 +24,50 @@ class ParamsError(PipelineError):
 
 @dataclass(frozen=True)
 class DownloadParams:
-    source: Literal["synthetic"] = "synthetic"
+    source: Literal["synthetic", "google", "bing", "urls", "folder"] = "synthetic"
     count: int = 400
     seed: int = 0
+    queries: list[str] = field(default_factory=lambda: ["super mario", "mario", "マリオ"])
+    limit: int = 100
+    urls_file: str = ""
+    folder: str = ""
+    chromedriver: str = "/usr/bin/chromedriver"
+    chrome: str = ""
+    search_url: str = ""
+    workers: int = 16
+    per_host: int = 4
+    timeout: float = 30.0
+    retries: int = 3
+    max_bytes: int = 20_000_000
+    min_side: int = 64
+    ca_bundle: str = ""
 
     def validate(self) -> None:
         _check(self.count >= 1, "download.count", f"must be at least 1, got {self.count}")
+        q = self.queries
+        _check(
+            isinstance(q, list) and all(isinstance(s, str) and s.strip() for s in q),
+            "download.queries",
+            f"must be a list of search queries like ['mario', 'super mario'], got {q!r}",
+        )
+        if self.source in ("google", "bing"):
+            _check(bool(q), "download.queries", f"must list at least one query for source {self.source}")
+        _check(1 <= self.limit <= 1000, "download.limit", f"must be 1..1000 per query, got {self.limit}")
+        if self.source == "urls":
+            _check(bool(self.urls_file), "download.urls_file", "must name a file of URLs for source urls")
+        if self.source == "folder":
+            _check(bool(self.folder), "download.folder", "must name a directory of images for source folder")
+        _check(
+            not self.search_url or "{query}" in self.search_url,
+            "download.search_url",
+            f"must contain {{query}}, or be empty for the engine's own, got {self.search_url!r}",
+        )
+        _check(1 <= self.workers <= 256, "download.workers", f"must be 1..256, got {self.workers}")
+        _check(1 <= self.per_host <= 64, "download.per_host", f"must be 1..64, got {self.per_host}")
+        _check(0 < self.timeout <= 600, "download.timeout", f"must be 0..600 seconds, got {self.timeout}")
+        _check(0 <= self.retries <= 10, "download.retries", f"must be 0..10, got {self.retries}")
+        _check(self.max_bytes >= 1024, "download.max_bytes", f"must be at least 1024, got {self.max_bytes}")
+        _check(self.min_side >= 1, "download.min_side", f"must be at least 1 pixel, got {self.min_side}")
 
 
 @dataclass(frozen=True)
@@ -67,12 +103,19 @@ class CurateParams:
 @dataclass(frozen=True)
 class ResizeParams:
     size: int = 256
-    mode: Literal["crop", "pad"] = "pad"
+    mode: Literal["crop", "pad", "fit"] = "pad"
+    filter: Literal["lanczos", "bicubic", "bilinear", "hamming", "box", "nearest"] = "lanczos"
+    reducing_gap: float = 2.0
     background: str = "#ffffff"
     workers: int = 0
 
     def validate(self) -> None:
         _check(16 <= self.size <= 1024, "resize.size", f"must be 16..1024, got {self.size}")
+        _check(
+            self.reducing_gap == 0 or self.reducing_gap >= 1,
+            "resize.reducing_gap",
+            f"must be 0 (exact full-resolution resize) or at least 1.0, got {self.reducing_gap}",
+        )
         _check(self.workers >= 0, "resize.workers", "must be 0 (all cores) or more")
         try:
             parse_color(self.background)
@@ -84,13 +127,26 @@ class ResizeParams:
 class TrainParams:
     resolution: int = 64
     channels: int = 32
+    max_channels: int = 512
     latent_dim: int = 100
+    upsample: Literal["deconv", "nearest"] = "deconv"
+    spectral_norm: bool = False
+    loss: Literal["bce", "hinge"] = "bce"
+    r1_gamma: float = 0.0
+    diffaugment: str = "color,translation,cutout"
+    ema_kimg: float = 10.0
     batch_size: int = 32
     lr: float = 0.0002
     beta1: float = 0.5
     beta2: float = 0.999
     kimg: float = 45.0
     log_kimg: float = 2.0
+    sample_kimg: float = 5.0
+    checkpoint_kimg: float = 10.0
+    eval_kimg: float = 0.0
+    resume: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = 0
@@ -98,18 +154,41 @@ class TrainParams:
     def validate(self) -> None:
         r = self.resolution
         _check(
-            32 <= r <= 256 and r & (r - 1) == 0,
+            32 <= r <= 512 and r & (r - 1) == 0,
             "train.resolution",
-            f"must be a power of two from 32 to 256, got {r}",
+            f"must be a power of two from 32 to 512, got {r}",
         )
-        _check(1 <= self.channels <= 512, "train.channels", "must be 1..512")
+        _check(1 <= self.channels <= 1024, "train.channels", f"must be 1..1024, got {self.channels}")
+        _check(
+            self.max_channels >= self.channels,
+            "train.max_channels",
+            f"must be at least train.channels ({self.channels}), got {self.max_channels}",
+        )
         _check(self.latent_dim >= 1, "train.latent_dim", "must be at least 1")
-        _check(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        _check(self.r1_gamma >= 0, "train.r1_gamma", f"must be 0 (off) or more, got {self.r1_gamma}")
+        augs = [a.strip() for a in self.diffaugment.split(",") if a.strip() and a.strip() != "none"]
+        bad = [a for a in augs if a not in ("color", "translation", "cutout")]
+        _check(
+            not bad,
+            "train.diffaugment",
+            f"unknown augmentation {bad[0] if bad else ''!r}; use a comma list of color, translation, cutout, or none",
+        )
+        _check(self.ema_kimg >= 0, "train.ema_kimg", f"must be 0 (no EMA) or more, got {self.ema_kimg}")
+        # BatchNorm in training mode needs at least two images per batch.
+        _check(self.batch_size >= 2, "train.batch_size", f"must be at least 2, got {self.batch_size}")
         _check(0 < self.lr < 1, "train.lr", f"must be between 0 and 1, got {self.lr}")
         _check(0 <= self.beta1 < 1, "train.beta1", "must be in [0, 1)")
         _check(0 <= self.beta2 < 1, "train.beta2", "must be in [0, 1)")
         _check(self.kimg > 0, "train.kimg", f"must be positive, got {self.kimg}")
-        _check(self.log_kimg > 0, "train.log_kimg", f"must be positive, got {self.log_kimg}")
+        for name in ("log_kimg", "sample_kimg", "checkpoint_kimg"):
+            value = getattr(self, name)
+            _check(value > 0, f"train.{name}", f"must be positive, got {value}")
+        _check(self.eval_kimg >= 0, "train.eval_kimg", f"must be 0 (off) or more, got {self.eval_kimg}")
+        _check(
+            not (self.compile and self.r1_gamma > 0),
+            "train.compile",
+            "cannot be combined with train.r1_gamma > 0 (R1 needs double backward); turn one off",
+        )
         _check(self.threads >= 0, "train.threads", "must be 0 (torch default) or more")
 
 
@@ -118,10 +197,40 @@ class SampleParams:
     n: int = 64
     nrow: int = 8
     seed: int = 42
+    interpolation_points: int = 4
+    interpolation_steps: int = 16
 
     def validate(self) -> None:
         _check(self.n >= 1, "sample.n", f"must be at least 1, got {self.n}")
         _check(self.nrow >= 1, "sample.nrow", f"must be at least 1, got {self.nrow}")
+        _check(
+            self.interpolation_points >= 2,
+            "sample.interpolation_points",
+            f"must be at least 2, got {self.interpolation_points}",
+        )
+        _check(
+            self.interpolation_steps >= 1,
+            "sample.interpolation_steps",
+            f"must be at least 1, got {self.interpolation_steps}",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    n: int = 512
+    seed: int = 123
+    patches_per_image: int = 128
+    projections: int = 512
+    inception_weights: str = ""
+
+    def validate(self) -> None:
+        _check(self.n >= 1, "evaluate.n", f"must be at least 1, got {self.n}")
+        _check(
+            self.patches_per_image >= 1,
+            "evaluate.patches_per_image",
+            f"must be at least 1, got {self.patches_per_image}",
+        )
+        _check(self.projections >= 1, "evaluate.projections", f"must be at least 1, got {self.projections}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +241,7 @@ class Params:
     resize: ResizeParams = field(default_factory=ResizeParams)
     train: TrainParams = field(default_factory=TrainParams)
     sample: SampleParams = field(default_factory=SampleParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
 def parse_color(text: str) -> tuple[int, int, int]:
@@ -211,11 +321,20 @@ def params_from_dict(data: dict[str, Any]) -> Params:
     if unknown:
         _fail(unknown[0], f"unknown section (known: {', '.join(sections)})")
     built = {name: _build(hints[name], name, data.get(name)) for name in sections}
+    # Only when a train section is given: other stages' tests leave train at defaults that need not fit.
+    train, size = built["train"], built["resize"].size
+    if "train" in data and train.resolution > size:
+        _fail(
+            "train.resolution",
+            f"{train.resolution} is above resize.size {size}; lower train.resolution or raise resize.size",
+        )
     return Params(**built)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read params.yaml and return validated, typed Params."""
+    import yaml  # here, not at the top: the trainer imports this module on GPU machines without pyyaml
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

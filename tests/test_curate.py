@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 
@@ -112,3 +113,73 @@ def test_shipped_manifest_matches_ground_truth(in_tmp):
         assert row["decision"] == expected, image_id
     candidates = [r["id"] for r in csv.DictReader(open("data/dedup/candidates.csv"))]
     assert all(manifest.decision(i) for i in candidates), "pending candidates in the shipped manifest"
+
+
+def test_excel_line_numbers_and_extra_cells():
+    with pytest.raises(ManifestError, match=r"m.csv:3: unknown decision 'nope' for b"):
+        parse_manifest("\ufeffid,decision\r\na,accept\r\nb,nope\r\n", "m.csv")
+    with pytest.raises(ManifestError, match=r"m.csv:2: 4 cells but the header names 3 columns"):
+        parse_manifest("id,decision,note\na,accept,,oops\n", "m.csv")
+    m = parse_manifest("id,decision,note\na,accept,,\nb , reject  ,  \n", "m.csv")
+    assert m.decision("a") == "accept" and m.decision("b") == "reject"
+
+
+def test_decisions_follow_duplicate_groups():
+    groups = {"a": "a", "a2": "a", "b": "b", "b2": "b", "c": "c", "c2": "c", "c3": "c", "d": "d"}
+    m = parse_manifest(
+        "id,decision,note\na2,accept,\nb,reject,\nb2,accept,\nc2,accept,\nc3,reject,\ngone,accept,\n"
+    )
+    s = curate.summarize(m, ["a", "b", "c", "d"], groups)
+    assert s.accepted == ["a"], "a duplicate's decision applies to the kept image"
+    assert s.rejected == ["b", "c"], "the kept image's own row wins; disagreeing duplicates reject"
+    assert s.pending == ["d"]
+    assert s.orphaned == ["gone"], "rows of duplicates are not orphans"
+    assert s.inherited == {"a": "a2", "c": "c3"} and s.conflicts == ["c"]
+
+
+@pytest.fixture
+def duplicate(with_candidates):
+    groups = list(csv.DictReader(open("data/dedup/groups.csv")))
+    member = next(r for r in groups if r["group"] != r["id"])
+    return member["id"], member["group"]
+
+
+def test_cli_decision_on_a_duplicate_goes_to_its_kept_image(with_candidates, duplicate, capsys):
+    params, _ = with_candidates
+    member, kept = duplicate
+    assert main(["curate", "accept", member]) == 0
+    assert {i: r["decision"] for i, r in read_manifest(curate.paths.MANIFEST).rows.items()} == {
+        kept: "accept"
+    }
+    s = curate.run(params)
+    assert s.accepted == [kept]
+
+
+def test_hand_edited_duplicate_row_decides_the_kept_image(with_candidates, duplicate):
+    params, ids = with_candidates
+    member, kept = duplicate
+    curate.paths.MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+    curate.paths.MANIFEST.write_text(f"id,decision,note\n{member},accept,old scrape kept this copy\n")
+    s = curate.run(params)
+    assert s.accepted == [kept] and s.inherited == {kept: member} and s.orphaned == []
+    report = json.loads(open("data/curated/report.json").read())
+    assert report["inherited_from_duplicates"] == {kept: member}
+    assert main(["curate", "sync"]) == 0
+    m = read_manifest(curate.paths.MANIFEST)
+    assert kept not in m.rows, "sync adds rows only for pending candidates"
+    assert len(m.rows) == len(ids)
+
+
+def test_orphan_rows_are_kept_and_counted(with_candidates, capsys):
+    _, ids = with_candidates
+    curate.paths.MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+    curate.paths.MANIFEST.write_text(f"id,decision,note\nzzz-old,accept,from last year\n{ids[0]},accept,\n")
+    assert main(["curate", "sync"]) == 0
+    assert main(["curate", "reject", ids[1]]) == 0
+    assert main(["curate", "accept", "--all-pending"]) == 0
+    m = read_manifest(curate.paths.MANIFEST)
+    assert m.rows["zzz-old"] == {"id": "zzz-old", "decision": "accept", "note": "from last year"}
+    assert list(m.rows) == sorted(m.rows), "rows are written sorted by id"
+    capsys.readouterr()
+    assert main(["curate", "status"]) == 0
+    assert capsys.readouterr().out.strip() == f"accepted {len(ids) - 1}, rejected 1, pending 0, orphaned 1"

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.testing.utilities import prefect_test_harness
+from tqdm import tqdm
 
-from flows.pipeline_flow import pipeline_flow, stage_order
-from tests.conftest import ROOT, make_project, sh
+from flows.pipeline_flow import TrainProgress, pipeline_flow, run_stage, stage_order
+from tests.conftest import ROOT, TINY, make_project, sh
 
-pytestmark = pytest.mark.e2e
 
-STAGES = ["download", "dedup", "curate", "resize", "train", "sample"]
+def dvc_yaml_stages(root=ROOT) -> list[str]:
+    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
 
 
 @pytest.fixture(scope="module")
@@ -22,36 +32,103 @@ def harness():
         yield
 
 
-def task_states(flow_state) -> dict[str, tuple[str, str]]:
+def task_runs(flow_state) -> dict:
     flow_run_id = flow_state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: (r.state.type.value, r.state.name) for r in runs}
+    return {r.name: r for r in runs}
+
+
+def task_states(flow_state) -> dict[str, tuple[str, str]]:
+    return {name: (r.state.type.value, r.state.name) for name, r in task_runs(flow_state).items()}
+
+
+def artifacts(flow_state) -> dict:
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found}
+
+
+def table(artifact) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
 
 
 def test_stage_order_comes_from_dvc():
-    assert stage_order(ROOT) == STAGES
+    order = stage_order(ROOT)
+    assert sorted(order) == sorted(dvc_yaml_stages())
+    # Upstream first: every stage comes after the stages whose outputs it reads.
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    producer = {
+        out if isinstance(out, str) else next(iter(out)): s
+        for s, d in stages.items()
+        for out in d.get("outs", [])
+    }
+    for s, d in stages.items():
+        for dep in d.get("deps", []):
+            for out, up in producer.items():
+                if dep == out or dep.startswith(out + "/"):
+                    assert order.index(up) < order.index(s), (up, s)
 
 
+def test_training_progress_follows_the_tqdm_bar(monkeypatch):
+    seen: list[tuple[float, str]] = []
+    progress = TrainProgress("train")
+    monkeypatch.setattr(progress, "set", lambda pct, desc: seen.append((pct, desc)))
+    buf = io.StringIO()
+    bar = tqdm(total=3200, desc="train", unit="img", unit_scale=True, file=buf, mininterval=0)
+    bar.update(1600)
+    bar.set_postfix(loss_d="1.234", loss_g="0.567")
+    bar.update(1600)
+    bar.close()
+    for line in buf.getvalue().replace("\r", "\n").splitlines():
+        progress.feed(line)
+    progress.feed("train (loading):  50%|#####     | 10/20 [00:01<00:01, 9img/s]")  # another bar
+    assert seen[0][0] == 0.0
+    assert (50.0, "train: 1.60k/3.20k images, loss_d=1.234, loss_g=0.567") in seen
+    assert seen[-1][0] == 100.0
+
+
+def test_only_download_retries():
+    assert run_stage.retries == 0
+
+
+@pytest.mark.e2e
 def test_flow_runs_the_stages_then_shows_them_cached(harness, tmp_path):
     root = make_project(tmp_path / "proj")
+    stages = stage_order(root)
     first = pipeline_flow(repo=str(root), return_state=True)
     assert first.is_completed(), first.message
-    assert first.result() == dict.fromkeys(STAGES, "ran")
-    assert task_states(first) == {s: ("COMPLETED", "Completed") for s in STAGES}
+    assert first.result() == {"stages": dict.fromkeys(stages, "ran"), "experiment": None}
+    assert task_states(first) == {s: ("COMPLETED", "Completed") for s in stages}
     assert (root / "samples/grid.png").exists()
+
+    found = artifacts(first)
+    counts = {(r["stage"], r["what"]): r for r in table(found["mario-gan-counts"])}
+    assert counts["download", "downloaded"]["count"] == TINY["download"]["count"]
+    processed = len((root / "data/processed/index.csv").read_text().splitlines()) - 1
+    assert counts["resize", "processed"]["count"] == processed
+    assert counts["resize", "processed"]["this run"] == "ran"
+    metrics = {r["metric"]: r["value"] for r in table(found["mario-gan-metrics"])}
+    assert {"train/loss_d", "train/loss_g"} <= set(metrics)
+    samples = found["mario-gan-samples"].data
+    png = base64.b64decode(samples.split("base64,", 1)[1].split(")", 1)[0])
+    assert png == (root / "samples/grid.png").read_bytes()
+    progress = found["mario-gan-train-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
 
     # The flow left DVC's state exactly as `dvc repro` would.
     status = sh("dvc", "repro", cwd=root)
     assert "Running stage" not in status.stdout
 
     second = pipeline_flow(repo=str(root), return_state=True)
-    assert second.result() == dict.fromkeys(STAGES, "cached")
-    assert task_states(second) == {s: ("COMPLETED", "Cached") for s in STAGES}
-
-    with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts()}
-    assert {"mario-gan-counts", "mario-gan-metrics", "mario-gan-samples"} <= keys
+    assert second.result()["stages"] == dict.fromkeys(stages, "cached")
+    assert task_states(second) == {s: ("COMPLETED", "Cached") for s in stages}
+    # A cached train stage does not pretend to be training.
+    assert "mario-gan-train-progress" not in artifacts(second)
+    assert table(artifacts(second)["mario-gan-counts"])[0]["this run"] == "cached"
 
     # Same outputs as `dvc repro` in a separate copy of the project.
     other = make_project(tmp_path / "other")
@@ -62,6 +139,80 @@ def test_flow_runs_the_stages_then_shows_them_cached(harness, tmp_path):
         assert lock_a[stage]["outs"] == lock_b[stage]["outs"], stage
 
 
+@pytest.mark.e2e
+def test_overrides_make_a_dvc_experiment_named_on_the_flow_run(harness, tmp_path):
+    root = make_project(tmp_path / "proj")
+    state = pipeline_flow(
+        stages=["download"],
+        overrides=["download.count=30"],
+        experiment="fewer",
+        repo=str(root),
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    assert state.result() == {"stages": {"download": "ran"}, "experiment": "fewer"}
+    assert len((root / "data/raw/index.csv").read_text().splitlines()) == 31
+    assert yaml.safe_load((root / "params.yaml").read_text())["download"]["count"] == 30
+
+    exps = json.loads(sh("dvc", "exp", "show", "--json", cwd=root).stdout)
+    named = {e["name"]: e for b in exps for e in (b.get("experiments") or [])}
+    assert "fewer" in named
+    revs = named["fewer"]["revs"][0]["data"]
+    assert revs["params"]["params.yaml"]["data"]["download"]["count"] == 30
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert "exp:fewer" in run.tags
+    assert "fewer" in artifacts(state)["mario-gan-experiment"].data
+    assert set(task_states(state)) == {"set params", "download", "dvc exp run"}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-1", r"params.yaml: train.lr"),
+        ("train.nope=1", r"override 'train.nope=1': DVC rejected it"),
+    ],
+)
+def test_a_bad_override_stops_before_any_stage(harness, tmp_path, override, message):
+    root = make_project(tmp_path / "proj")
+    before = (root / "params.yaml").read_text()
+    state = pipeline_flow(overrides=[override], repo=str(root), return_state=True)
+    assert state.is_failed()
+    assert set(task_states(state)) == {"set params"}
+    with pytest.raises(Exception, match=message):
+        state.result()
+    assert (root / "params.yaml").read_text() == before
+
+
+@pytest.mark.e2e
+def test_download_retries_with_exponential_backoff(harness, tmp_path):
+    root = make_project(tmp_path / "proj")
+    # A download that fails its first attempt, as a flaky network would.
+    marker = tmp_path / "tried"
+    (root / "flaky.py").write_text(
+        "import pathlib, sys\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n"
+        "    m.touch()\n"
+        "    sys.exit('error: connection reset by peer')\n"
+    )
+    dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["download"]["cmd"] = "python flaky.py && " + dvc_yaml["stages"]["download"]["cmd"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+
+    state = pipeline_flow(
+        stages=["download"], download_retries=2, retry_delay_seconds=0.5, repo=str(root), return_state=True
+    )
+    assert state.is_completed(), state.message
+    run = task_runs(state)["download"]
+    assert run.run_count == 2
+    assert run.empirical_policy.retries == 2
+    assert run.empirical_policy.retry_delay == [0.5, 1.0]
+
+
+@pytest.mark.e2e
 def test_a_failing_stage_fails_its_task_and_stops_the_flow(harness, tmp_path):
     root = make_project(tmp_path / "proj")
     manifest = root / "data/curation/manifest.csv"
@@ -70,6 +221,10 @@ def test_a_failing_stage_fails_its_task_and_stops_the_flow(harness, tmp_path):
     assert state.is_failed()
     states = task_states(state)
     assert states["curate"][0] == "FAILED"
-    assert "resize" not in states and "train" not in states
+    downstream = stage_order(root)[stage_order(root).index("curate") + 1 :]
+    assert downstream and not set(downstream) & set(states)
+    with get_client(sync_client=True) as client:
+        task_state = client.read_task_run(task_runs(state)["curate"].id).state
+    assert "unknown decision 'maybe'" in task_state.message
     with pytest.raises(RuntimeError, match="unknown decision 'maybe'"):
         state.result()

@@ -1,0 +1,105 @@
+"""The google source: the real google-images-download driving real headless Chromium, on loopback pages."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import download, sources
+from pipeline.errors import PipelineError
+from pipeline.params import DownloadParams, params_from_dict
+from tests.conftest import make_project, sh
+from tests.loopback import Routes, Server, make_tls
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not CHROMEDRIVER.exists(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
+)
+
+
+def results_page(image_urls: list[tuple[str, str]]) -> bytes:
+    """A page shaped like Google's: image URLs in script data, each with its page ("ru") nearby.
+
+    The library looks 1000 characters around each URL for its metadata, so
+    results are padded apart.
+    """
+    pad = "x" * 1200
+    data = "".join(f'["{img}",600,400],{{"ru":"{page}","pt":"Mario"}},"{pad}",' for img, page in image_urls)
+    return f"<!doctype html><html><body><script>var AF_data=[{data}];</script></body></html>".encode()
+
+
+def test_missing_chromedriver_says_what_to_install(tmp_path):
+    p = DownloadParams(source="google", chromedriver=str(tmp_path / "chromedriver"))
+    with pytest.raises(PipelineError) as err:
+        sources.google("mario", p)
+    msg = str(err.value)
+    assert "download.chromedriver" in msg and "apt-get install chromium chromium-driver" in msg
+    assert "\n" not in msg
+
+
+@needs_chromium
+def test_browser_that_cannot_start_is_one_error_not_an_exit(tmp_path):
+    p = DownloadParams(source="google", chrome=str(tmp_path / "no-such-chromium"))
+    with pytest.raises(
+        PipelineError, match=r"google: could not start the browser .*install Chrome or Chromium"
+    ):
+        sources.google("mario", p)
+
+
+def test_changed_results_page_gives_zero_results_not_silence(tmp_path, monkeypatch, in_tmp, caplog):
+    from google_images_download.google_images_download import googleimagesdownload
+
+    driver = tmp_path / "chromedriver"
+    driver.write_text("#!/bin/sh\n")
+    driver.chmod(0o755)
+    # Only the browser is replaced: it returns a page with no image results.
+    monkeypatch.setattr(
+        googleimagesdownload, "download_extended_page", lambda self, url, cd: "<html>new</html>"
+    )
+    params = params_from_dict(
+        {"download": {"source": "google", "queries": ["mario", "luigi"], "chromedriver": str(driver)}}
+    )
+    with pytest.raises(PipelineError, match=r"google: 0 results for every query \('mario', 'luigi'\)"):
+        download.run(params)
+    assert "google: 0 results for query 'mario'" in caplog.text
+    assert "google: 0 results for query 'luigi'" in caplog.text
+
+
+@pytest.mark.e2e
+@needs_chromium
+def test_google_through_dvc_repro(tmp_path):
+    ca, cert, key = make_tls(tmp_path / "tls")
+    with Server(cert=cert, key=key) as images, Server(Routes()) as web:
+        found = [
+            (images.url("/img/0.jpg"), images.url("/pages/0.html")),
+            (images.url("/img/3.webp"), images.url("/pages/3.html")),
+            (images.url("/html.jpg"), images.url("/pages/html.html")),
+        ]
+        web.routes.add("/search", results_page(found), "text/html")
+        root = make_project(
+            tmp_path / "proj",
+            {
+                "download": {
+                    "source": "google",
+                    "queries": ["super mario"],
+                    "limit": 10,
+                    "search_url": web.url("/search?q={query}"),
+                    "ca_bundle": str(ca),
+                }
+            },
+        )
+        sh("dvc", "repro", "download", cwd=root)
+    assert web.routes.hits["/search?q=super%20mario"] == 1
+    assert set(images.routes.hits) == {"/img/0.jpg", "/img/3.webp", "/html.jpg"}
+    index = list(csv.DictReader(open(root / "data/raw/index.csv")))
+    assert [(r["origin"], r["page_url"]) for r in index] == found[:2]
+    assert {(r["source"], r["query"]) for r in index} == {("google", "super mario")}
+    assert [r["format"] for r in index] == ["JPEG", "WEBP"]
+    assert all((root / "data/raw" / r["file"]).exists() for r in index)
+    rejected = list(csv.DictReader(open(root / "data/raw/rejected.csv")))
+    assert [(r["url"], r["reason"]) for r in rejected] == [(found[2][0], "HTML page, not an image")]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert lock["stages"]["download"]["params"]["params.yaml"]["download"]["source"] == "google"
