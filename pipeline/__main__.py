@@ -1,6 +1,6 @@
 """`python -m pipeline <stage>` runs one stage with the params in params.yaml.
 
-Stages: download, dedup, curate, resize, train, sample. `curate` also takes
+Stages: download, dedup, curate, resize, train, sample, evaluate. `curate` also takes
 status | sync | accept ID... | reject ID... to edit the manifest, and
 `review` serves a local page for curating with thumbnails and hotkeys.
 Errors a user can fix print one line and exit with status 2.
@@ -13,10 +13,11 @@ import importlib
 import logging
 import sys
 
+from pipeline import generate
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
-STAGES = ["download", "dedup", "curate", "resize", "train", "sample"]
+STAGES = ["download", "dedup", "curate", "resize", "train", "sample", "evaluate"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     rv = sub.add_parser("review", help="curate on a local web page (127.0.0.1 only)")
     rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     rv.add_argument("--no-browser", action="store_true", help="print the URL, don't open a browser")
+    generate.add_arguments(sub.add_parser("generate", help="images from models/ without DVC or params.yaml"))
     return ap
 
 
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.stage == "generate":
+            generate.main(args)
+            return 0
         params = load_params(args.params)
         if args.stage == "curate":
             _curate(args, params)

@@ -347,19 +347,20 @@ def decode(
                 out = out.reduce(factor)
                 box = (box[0] / factor, box[1] / factor, box[2] / factor, box[3] / factor)
         out = _colour_to_srgb(out, icc)
-    size = stored
-    if orientation != 1:
-        method = _UPRIGHT[orientation]
-        box = _transpose_box(box, out.size, method)
-        out = out.transpose(method)
-        if orientation >= 5:  # the four orientations that swap width and height
-            size = (stored[1], stored[0])
-    if out.mode in ("RGBA", "LA"):
-        canvas = Image.new("RGB", out.size, background)
-        canvas.paste(out.convert("RGB"), mask=out.getchannel("A"))
-        out = canvas
-    out = out.convert("RGB")
-    out.info = {}  # orientation and profile are applied: never apply them twice
+        size = stored
+        if orientation != 1:
+            method = _UPRIGHT[orientation]
+            box = _transpose_box(box, out.size, method)
+            out = out.transpose(method)
+            if orientation >= 5:  # the four orientations that swap width and height
+                size = (stored[1], stored[0])
+        if out.mode in ("RGBA", "LA"):
+            canvas = Image.new("RGB", out.size, background)
+            canvas.paste(out.convert("RGB"), mask=out.getchannel("A"))
+            out = canvas
+        elif out.mode != "RGB":
+            out = out.convert("RGB")
+        out.info = {}  # orientation and profile are applied: never apply them twice
     return Decoded(image=out, box=box, size=size, format=fmt, mode=src_mode)
 
 

@@ -51,12 +51,19 @@ def has_raw_weights(path: str | Path) -> bool:
 
 
 def latents(n: int, dim: int, gen: torch.Generator, truncation: float | None = None) -> torch.Tensor:
-    """n standard-normal latents; with `truncation`, components beyond ±truncation are redrawn."""
-    z = torch.randn(n, dim, generator=gen)
-    if truncation is not None:
-        while (out := z.abs() > truncation).any():
-            z[out] = torch.randn(int(out.sum()), generator=gen)
-    return z
+    """n standard-normal latents; with `truncation`, components beyond ±truncation are redrawn.
+
+    Drawn one row at a time, so the first k of n latents are the k latents of a smaller n
+    (torch fills one large randn differently from several small ones).
+    """
+    rows = []
+    for _ in range(n):
+        z = torch.randn(dim, generator=gen)
+        if truncation is not None:
+            while (out := z.abs() > truncation).any():
+                z[out] = torch.randn(int(out.sum()), generator=gen)
+        rows.append(z)
+    return torch.stack(rows) if rows else torch.empty(0, dim)
 
 
 @torch.no_grad()
@@ -114,7 +121,7 @@ def zoom(resolution: int) -> int:
 def interpolation_gif(g: Generator, points: torch.Tensor, steps: int, path: Path) -> int:
     """Write the looping GIF, one walk per column; returns its frame count."""
     batches = [forward(g, z) for z in walk(points, steps)]
-    f = zoom(batches[0].shape[-1])
+    f = max(1, 64 // batches[0].shape[-1])  # not zoom(): 2x at 64 px made a 6 MB GIF
     images = [upscale(to_image(x, nrow=x.shape[0]), f) for x in batches]
     save_image_atomic(images[0], path, save_all=True, append_images=images[1:], duration=FRAME_MS, loop=0)
     return len(images)

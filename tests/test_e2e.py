@@ -15,7 +15,7 @@ from tests.conftest import make_project, sh
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["download", "dedup", "curate", "resize", "train", "sample"]
+STAGES = ["download", "dedup", "curate", "resize", "train", "sample", "evaluate"]
 RAN = re.compile(r"Running stage '([^']+)'")
 
 
@@ -48,6 +48,9 @@ def test_repro_runs_every_stage_in_order(project):
     assert (root / "data/processed/contact_sheet.png").exists()
     metrics = json.loads((root / "dvclive/metrics.json").read_text())
     assert "loss_d" in metrics["train"]
+    swd = json.loads((root / "metrics/evaluate.json").read_text())
+    assert swd["swd_avg"] > 0 and swd["floor_swd_avg"] > 0 and {"swd_32", "swd_16"} <= set(swd)
+    assert (root / "samples/interpolation.gif").exists() and (root / "samples/nearest.png").exists()
     # Outputs are DVC's, not git's.
     assert "data/raw" not in sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root).stdout
 
@@ -69,7 +72,7 @@ def test_editing_the_manifest_reruns_from_curate(project):
     manifest.set(victim, "reject", "changed my mind")
     write_manifest(path, manifest)
     proc = sh("dvc", "repro", cwd=root)
-    assert ran(proc) == ["curate", "resize", "train", "sample"]
+    assert ran(proc) == ["curate", "resize", "train", "sample", "evaluate"]
     assert victim not in (root / "data/curated/accepted.csv").read_text()
 
 
@@ -81,16 +84,39 @@ def test_a_sample_param_reruns_only_sample(project):
     assert ran(sh("dvc", "repro", cwd=root)) == ["sample"]
 
 
+def test_an_evaluate_param_reruns_only_evaluate(project):
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["seed"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(sh("dvc", "repro", cwd=root)) == ["evaluate"]
+
+
 def test_exp_run_reruns_train_onward_and_is_listed(project):
     root, _ = project
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-q", "-m", "baseline", cwd=root)
     proc = sh("dvc", "exp", "run", "-S", "train.lr=0.001", cwd=root)
-    assert ran(proc) == ["train", "sample"]
+    assert ran(proc) == ["train", "sample", "evaluate"]
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=root).stdout)
     text = json.dumps(shown)
     assert '"lr": 0.001' in text
     assert "dvclive/metrics.json" in text and "loss_g" in text
+
+
+def test_exp_show_lists_swd_for_two_experiments(project):
+    root, _ = project
+    sh("dvc", "exp", "run", "-S", "train.lr=0.0005", cwd=root)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=root).stdout)
+    swd = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
+                swd[lr] = data["metrics"]["metrics/evaluate.json"]["data"]["swd_avg"]
+    assert set(swd) >= {0.001, 0.0005}, swd
+    assert all(v > 0 for v in swd.values())
 
 
 def test_bad_manifest_fails_the_stage_with_one_clear_line(project, tmp_path):

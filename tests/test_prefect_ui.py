@@ -222,7 +222,11 @@ def test_the_ui_shows_the_run_its_tasks_and_artifacts(server, flow_run, tmp_path
         shows("#artifacts-content", KEYS - {"mario-gan-train-progress"}, "the artifacts tab")
 
         # The sample grid is a markdown artifact with the PNG inline: the browser decodes it.
-        (samples,) = api(url, "artifacts/filter", {"artifacts": {"key": {"any_": ["mario-gan-samples"]}}})
+        (samples,) = api(
+            url,
+            "artifacts/filter",
+            {"artifacts": {"key": {"any_": ["mario-gan-samples"]}, "flow_run_id": {"any_": [run["id"]]}}},
+        )
         browser.get(f"{url}/artifacts/artifact/{samples['id']}")
         grid = wait_for(
             lambda: [
