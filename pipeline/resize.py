@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -131,7 +132,9 @@ def _job(job: tuple[str, str, str, ResizeParams]) -> tuple[str, dict | str, Imag
     return image_id, row, thumb
 
 
-def _run_jobs(jobs: list[tuple[str, str, str, ResizeParams]], workers: int):
+def _run_jobs(
+    jobs: list[tuple[str, str, str, ResizeParams]], workers: int
+) -> Iterator[tuple[str, dict | str, Image.Image | None]]:
     """Yield each job's result as it finishes; one worker runs in this process."""
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_job, jobs)
@@ -167,7 +170,7 @@ def run(params: Params) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(r["id"], str(raw / r["file"]), str(out / f"{r['id']}.png"), p) for r in accepted]
     files = {r["id"]: r["file"] for r in accepted}
-    workers = p.workers or os.cpu_count() or 1
+    workers = min(p.workers or os.cpu_count() or 1, max(1, len(jobs)))
     rows: list[dict] = []
     skipped: list[dict] = []
     thumbs: dict[str, Image.Image] = {}
