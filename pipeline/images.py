@@ -40,6 +40,15 @@ from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 RGB = tuple[int, int, int]
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 Box = tuple[float, float, float, float]
 
 # Keep at least this many times the final size before the last Lanczos pass.
@@ -80,6 +89,8 @@ def atomic_open(path: str | Path, mode: str = "wb", *, durable: bool = True, **k
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; outputs should get the usual umask-based mode.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()

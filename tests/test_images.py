@@ -322,3 +322,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         write_bytes_atomic(target, 123)  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    from pipeline.images import write_bytes_atomic as write
+
+    target = tmp_path / "perm.bin"
+    write(target, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
