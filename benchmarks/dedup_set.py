@@ -8,7 +8,7 @@ Each original gets 2 or 3 copies, each made by 1 to 3 of: resize 50-200%,
 JPEG quality 30-95, a crop removing up to 8% of each side's length (split at
 random between the two sides), brightness +-15%, a small text watermark.
 Files are written as an image search would return them; `truth.csv` names the
-original of every file. Item i depends only on (seed, i).
+original of every file in images/. Item i depends only on (seed, i).
 """
 
 from __future__ import annotations
@@ -134,14 +134,14 @@ def _encode(img: Image.Image, rng: random.Random, jpeg_quality: int | None) -> t
 
 
 def build(root: Path, originals: int = 2000, seed: int = 0) -> list[dict]:
-    """Write the set into `root` (reused when truth.csv is already there); return truth rows."""
+    """Write the set into `root`/images (reused when root/truth.csv matches); return truth rows."""
     truth_path = root / "truth.csv"
     if truth_path.exists():
         with open(truth_path, newline="") as fh:
             rows = list(csv.DictReader(fh))
         if len({r["original"] for r in rows}) == originals:
             return rows
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(originals):
         img, kind = original(seed, i)
@@ -154,7 +154,7 @@ def build(root: Path, originals: int = 2000, seed: int = 0) -> list[dict]:
         for k, (im, ops, q) in enumerate(versions):
             data, ext = _encode(im, rng, q)
             name = f"{oid}-{k}.{ext}"
-            (root / name).write_bytes(data)
+            (root / "images" / name).write_bytes(data)
             rows.append({"file": name, "original": oid, "kind": kind, "transform": "+".join(ops)})
     with open(truth_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["file", "original", "kind", "transform"])

@@ -13,7 +13,9 @@ few hundred images, measured side by side on whatever device is present:
 Each row runs in its own process, so peak memory is per row: CUDA's
 max_memory_allocated, or the process's peak RSS on CPU. On CUDA the table also
 gives MFU: model FLOPs (counted once with torch's FlopCounterMode) per second
-over the GPU's dense bf16 peak. Ends with `ratio: X`, ours / reference at 256².
+over the GPU's dense bf16 peak. Each row is the best of `--repeats` timed
+chunks, since other processes can only slow a run down. Ends with
+`ratio: X`, ours / reference at the last size (256² by default).
 
     python benchmarks/train_speed.py                     # 64² and 256², auto device
     python benchmarks/train_speed.py --sizes 256 --steps 100 --channels 64
@@ -127,11 +129,14 @@ def timed(step, args: argparse.Namespace, device: torch.device) -> tuple[int, fl
     for _ in range(args.warmup):
         step()
     sync()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    return args.steps * args.batch, time.perf_counter() - start
+    best = float("inf")
+    for _ in range(args.repeats):  # best of a few chunks: other processes on the machine only slow us down
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return args.steps * args.batch, best
 
 
 def model_flops_per_image(args: argparse.Namespace, device: torch.device) -> float:
@@ -149,6 +154,8 @@ def model_flops_per_image(args: argparse.Namespace, device: torch.device) -> flo
 def one(args: argparse.Namespace) -> None:
     """Measure one row in this process and print it as JSON."""
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     images, seconds = (reference_steps if args.loop == "reference" else ours_steps)(args, device)
@@ -172,6 +179,8 @@ def main() -> None:
     ap.add_argument(
         "--warmup", type=int, default=None, help="untimed steps (default: 10 on CUDA, 2 elsewhere)"
     )
+    ap.add_argument("--repeats", type=int, default=3, help="timed chunks of --steps; the best counts")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile our G and D")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU, if not in the table")
     ap.add_argument("--loop", help=argparse.SUPPRESS)
@@ -191,14 +200,20 @@ def main() -> None:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if cuda and peak is None:
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch}; channels {args.channels}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        name = f"cpu, {args.threads} threads" if not cuda else name
+    print(
+        f"device: {name}; torch {torch.__version__}; batch {args.batch}; channels {args.channels}; "
+        f"best of {args.repeats} x {args.steps} steps"
+    )
     print(f"{'size':>5}  {'loop':<24} {'img/s':>9} {'peak MiB':>9} {'MFU':>7}")
     ratio = None
     for size in args.sizes:
         rows = {}
         for loop in ("reference", "ours", "ours+aug"):
             cmd = [sys.executable, __file__, "--loop", loop, "--size", str(size)]
-            for flag in ("device", "batch", "channels", "steps", "warmup"):
+            for flag in ("device", "batch", "channels", "steps", "warmup", "repeats", "threads"):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
             cmd += ["--compile"] if args.compile else []
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)

@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import multiprocessing
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,15 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.dedup_index import Features, candidate_pairs, default_workers, features, group, verify_pairs
+from pipeline.dedup_index import (
+    Features,
+    Grouping,
+    candidate_pairs,
+    default_workers,
+    features,
+    group,
+    verify_pairs,
+)
 from pipeline.images import (
     ImageError,
     atomic_open,
@@ -75,7 +84,7 @@ def _load(path: Path, draft: int) -> Image.Image:
 
 
 def _draft_size(p: DedupParams) -> int:
-    return max(64, 8 * p.hash_size) if p.draft else 0
+    return max(256, 32 * p.hash_size) if p.draft else 0
 
 
 def _hash_one(job: tuple[str, str, int, str, int]) -> tuple[str, Features | str]:
@@ -134,24 +143,39 @@ def hash_all(rows: list[dict], raw: Path, p: DedupParams) -> tuple[dict[str, Fea
         if r["sha256"] not in cached:
             todo.setdefault(r["sha256"], str(raw / r["file"]))
     feats = {r["sha256"]: cached[r["sha256"]] for r in rows if r["sha256"] in cached}
-    jobs = [(sha, f, _draft_size(p), p.hash, p.hash_size) for sha, f in todo.items()]
+    feats |= hash_files(todo, p)
+    if todo or len(cached) != len(feats):
+        _write_cache(path, feats)  # only what the current images need: same images, same file
+    return feats, len(todo)
+
+
+def hash_files(files: dict[str, str], p: DedupParams) -> dict[str, Features | str]:
+    """Features, or the reason a file is unusable, for {sha256: path}; `dedup.workers` processes."""
+    jobs = [(sha, f, _draft_size(p), p.hash, p.hash_size) for sha, f in files.items()]
     workers = min(default_workers(p.workers), max(1, len(jobs) // 32))
-    bar = tqdm(total=len(jobs), desc="dedup (hashing)", unit="img")
-    if workers > 1:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with ctx.Pool(workers) as pool:
-            for sha, f in pool.imap_unordered(_hash_one, jobs, chunksize=16):
+    feats: dict[str, Features | str] = {}
+    with tqdm(total=len(jobs), desc="dedup (hashing)", unit="img") as bar:
+        if workers > 1:
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            with ctx.Pool(workers) as pool:
+                for sha, f in pool.imap_unordered(_hash_one, jobs, chunksize=16):
+                    feats[sha] = f
+                    bar.update()
+        else:
+            for job in jobs:
+                sha, f = _hash_one(job)
                 feats[sha] = f
                 bar.update()
-    else:
-        for job in jobs:
-            sha, f = _hash_one(job)
-            feats[sha] = f
-            bar.update()
-    bar.close()
-    if jobs or len(cached) != len(feats):
-        _write_cache(path, feats)  # only what the current images need: same images, same file
-    return feats, len(jobs)
+    return feats
+
+
+def group_features(hashes: np.ndarray, thumbs: np.ndarray, p: DedupParams) -> tuple[Grouping, int]:
+    """Search candidates and group images given best first; returns the grouping and the
+    number of candidate pairs."""
+    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers))
+    verifier = partial(verify_pairs, thumbs, workers=default_workers(p.workers))
+    return group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff), len(pairs[0])
 
 
 def keep_order(rows: list[dict], raw: Path, keep: str) -> list[int]:
@@ -192,14 +216,7 @@ def run(params: Params) -> list[dict]:
     reps = list(rep_of_sha.values())  # already best first
     hashes = np.array([feats[rows[i]["sha256"]].hashes for i in reps]).reshape(len(reps), 2, -1)
     thumbs = np.array([feats[rows[i]["sha256"]].thumbs for i in reps]).reshape(len(reps), 2, 32, 32, 3)
-    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers))
-    grouping = group(
-        np.arange(len(reps)),
-        pairs,
-        lambda a, b: verify_pairs(thumbs, a, b),
-        p.min_score,
-        p.max_colour_diff,
-    )
+    grouping, n_pairs = group_features(hashes, thumbs, p)
 
     rep_index = {rows[i]["sha256"]: k for k, i in enumerate(reps)}
     members = []
@@ -207,15 +224,16 @@ def run(params: Params) -> list[dict]:
         k = rep_index[rows[i]["sha256"]]
         kept_row = rows[reps[grouping.leader[k]]]
         kept = kept_row["id"] == rows[i]["id"]
-        exact = not kept and kept_row["sha256"] == rows[i]["sha256"]
+        exact = reps[k] != i  # grouped as a byte-identical copy of its sha's representative
+        same_file = kept_row["sha256"] == rows[i]["sha256"]
         members.append(
             {
                 "id": rows[i]["id"],
                 "group": kept_row["id"],
                 "kept": str(kept).lower(),
-                "distance": 0 if exact else int(grouping.distance[k]),
-                "score": f"{1.0 if exact else grouping.score[k]:.3f}",
-                "colour_diff": f"{0.0 if exact else grouping.colour[k]:.1f}",
+                "distance": 0 if same_file else int(grouping.distance[k]),
+                "score": f"{1.0 if same_file else grouping.score[k]:.3f}",
+                "colour_diff": f"{0.0 if same_file else grouping.colour[k]:.1f}",
                 "match": "kept" if kept else "exact" if exact else "near",
                 "file": rows[i]["file"],
             }
@@ -258,8 +276,8 @@ def run(params: Params) -> list[dict]:
         "duplicates": len(members) - kept_n,
         "groups_with_duplicates": len(multi),
         "hashed": hashed,
-        "from_cache": len(rows) - hashed,
-        "candidate_pairs": len(pairs[0]),
+        "from_cache": len(feats) - hashed,
+        "candidate_pairs": n_pairs,
         "rejected_pairs": len(grouping.rejected),
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
@@ -337,7 +355,11 @@ def _report_html(
     for g in multi:
         parts.append(f"<h3>{e(g[0]['group'])}: {len(g)} images</h3><div class='row'>")
         for m in g:
-            caption = "" if m["kept"] == "true" else f"{m['match']} d={m['distance']} r={m['score']} c={m['colour_diff']}"
+            caption = (
+                ""
+                if m["kept"] == "true"
+                else f"{m['match']} d={m['distance']} r={m['score']} c={m['colour_diff']}"
+            )
             parts.append(_card(raw, by_id[m["id"]], caption, m["kept"] == "true"))
         parts.append("</div>")
     parts.append(

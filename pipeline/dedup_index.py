@@ -112,32 +112,50 @@ def _flips(b: int, r: int) -> list[int]:
     return [sum(1 << i for i in c) for k in range(r + 1) for c in itertools.combinations(range(b), k)]
 
 
+def _chunk_masks(chunks: list[tuple[int, int]], words: int) -> np.ndarray:
+    """(chunks, words) uint64 masks selecting each chunk's bits in the packed hashes."""
+    bits = np.zeros((len(chunks), words * 64), dtype=bool)
+    for c, (lo, hi) in enumerate(chunks):
+        bits[c, lo:hi] = True
+    return pack(bits)
+
+
 def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query, item) within the threshold found through chunk c with these flips."""
+    """Pairs (query, item) within the threshold found through chunk c with these flips.
+
+    Queries are visited in key order, so the table lookups for key ^ flip stay
+    close together in memory.
+    """
     c, flips = task
     j = _JOB
-    counts, starts, order = j["tables"][c]
-    qkeys, ikeys, r, t = j["qkeys"], j["ikeys"], j["r"], j["threshold"]
+    counts, starts, order, qorder, qsorted, low = j["chunks"][c]
+    masks, r, t = j["masks"], j["r"], j["threshold"]
     queries, items, self_join = j["queries"], j["items"], j["self_join"]
     qs, its = [], []
     for f in flips:
-        q = np.arange(len(qkeys)) if f == 0 or not self_join else j["low"][c][f.bit_length() - 1]
-        # In a self-join a pair is met from both ends with the same flip; only the end whose
-        # key has a 0 at the flip's top bit looks (for flip 0: the lower index, below).
-        k = qkeys[q, c] ^ f
+        if self_join and f:
+            # A pair is met from both ends with the same flip; only the end whose key
+            # has a 0 at the flip's top bit looks. (Flip 0: the lower index, below.)
+            qpos = low[f.bit_length() - 1]
+            k = qsorted[qpos] ^ f
+        else:
+            qpos = None
+            k = qsorted ^ f
         cnt = counts[k]
         hit = np.flatnonzero(cnt)
         if not len(hit):
             continue
         cn = cnt[hit]
-        qrep = np.repeat(q[hit], cn)
+        qid = qorder[hit if qpos is None else qpos[hit]]
+        qrep = np.repeat(qid, cn)
         first = np.repeat(starts[k[hit]] - (np.cumsum(cn) - cn), cn)
         it = order[first + np.arange(len(qrep))]
-        ok = hamming(queries[qrep], items[it]) <= t
+        x = queries[qrep] ^ items[it]
+        ok = np.bitwise_count(x).sum(axis=1) <= t
         if self_join and f == 0:
             ok &= qrep < it
         for c2 in range(c):  # found already through an earlier chunk
-            ok &= np.bitwise_count(qkeys[qrep, c2] ^ ikeys[it, c2]) > r
+            ok &= np.bitwise_count(x & masks[c2]).sum(axis=1) > r
         qs.append(qrep[ok])
         its.append(it[ok])
     if not qs:
@@ -159,22 +177,23 @@ def near_pairs(
     chunks, r = _plan(n, bits, threshold)
     ikeys = _keys(items, chunks)
     qkeys = ikeys if self_join else _keys(queries, chunks)
-    tables, low = [], []
+    tables = []
     for c, (lo, hi) in enumerate(chunks):
-        counts = np.bincount(ikeys[:, c], minlength=1 << (hi - lo)).astype(np.int64)
-        starts = np.cumsum(counts) - counts
-        tables.append((counts, starts, np.argsort(ikeys[:, c], kind="stable")))
-        if self_join:
-            low.append([np.flatnonzero((qkeys[:, c] >> bit) & 1 == 0).astype(np.int32) for bit in range(hi - lo)])
+        counts = np.bincount(ikeys[:, c], minlength=1 << (hi - lo)).astype(np.int32)
+        starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int64)
+        order = np.argsort(ikeys[:, c], kind="stable")
+        qorder = order if self_join else np.argsort(qkeys[:, c], kind="stable")
+        qsorted = qkeys[qorder, c].astype(np.int32)
+        low = [np.flatnonzero((qsorted >> b) & 1 == 0) for b in range(hi - lo)] if self_join else []
+        tables.append((counts, starts, order, qorder, qsorted, low))
+    pitems = pack(items)
     _JOB.update(
-        tables=tables,
-        low=low,
-        ikeys=ikeys,
-        qkeys=qkeys,
+        chunks=tables,
+        masks=_chunk_masks(chunks, pitems.shape[1]),
         r=r,
         threshold=threshold,
-        items=pack(items),
-        queries=pack(queries),
+        items=pitems,
+        queries=pitems if self_join else pack(queries),
         self_join=self_join,
     )
     tasks = []
@@ -185,14 +204,14 @@ def near_pairs(
     try:
         if workers > 1 and len(items) > 20000 and "fork" in multiprocessing.get_all_start_methods():
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_search, tasks)
+                parts = pool.map(_search, tasks, chunksize=1)
         else:
             parts = [_search(t) for t in tasks]
     finally:
         _JOB.clear()
     q = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     i = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
-    return q, i
+    return (np.minimum(q, i), np.maximum(q, i)) if self_join else (q, i)
 
 
 def candidate_pairs(
@@ -238,52 +257,82 @@ def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     absolute colour difference (0-255, after matching brightness) over the pixels
     that are foreground in either.
     """
+    if not len(a):
+        return np.empty(0, np.float32), np.empty(0, np.float32)
     a = a.astype(np.float32)
     b = b.astype(np.float32)
     p, t = len(a), a.shape[1]
     n = t - 2 * SHIFT
     inner = a[:, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    ic = inner - inner.mean(axis=(1, 2, 3), keepdims=True)
-    ic /= np.sqrt((ic * ic).sum(axis=(1, 2, 3), keepdims=True)) + 1e-3
-    # Window sums by integral images, so each shift costs one multiply-add pass.
+    # The alignment search runs on grey (R+G+B): a third of the work; colour is judged below.
+    ig = inner.sum(axis=3).reshape(p, -1)
+    ig -= ig.mean(axis=1, keepdims=True)
+    ig /= np.sqrt((ig * ig).sum(axis=1, keepdims=True)) + 1e-3
+    ig = ig.reshape(p, n, n)
     grey = b.sum(axis=3)
-    ii = np.pad(grey.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    ii2 = np.pad((b * b).sum(axis=3).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    shifts = [(dy, dx) for dy in range(2 * SHIFT + 1) for dx in range(2 * SHIFT + 1)]
-    corr = np.empty((p, len(shifts)), np.float32)
-    size = n * n * 3
-    for k, (dy, dx) in enumerate(shifts):
-        win = b[:, dy : dy + n, dx : dx + n]
+    # Window sums by integral images, so each shift costs one multiply-add pass.
+    ii = np.pad(grey.cumsum(2).cumsum(1), ((0, 0), (1, 0), (1, 0)))
+    ii2 = np.pad((grey * grey).cumsum(2).cumsum(1), ((0, 0), (1, 0), (1, 0)))
+    side = 2 * SHIFT + 1
+    corr = np.empty((p, side * side), np.float32)
+    for k in range(side * side):
+        dy, dx = divmod(k, side)
+        win = grey[:, dy : dy + n, dx : dx + n]
         s = ii[:, dy + n, dx + n] - ii[:, dy, dx + n] - ii[:, dy + n, dx] + ii[:, dy, dx]
         s2 = ii2[:, dy + n, dx + n] - ii2[:, dy, dx + n] - ii2[:, dy + n, dx] + ii2[:, dy, dx]
-        norm = np.sqrt(np.maximum(s2 - s * s / size, 0)) + 1e-3
-        corr[:, k] = np.einsum("pijc,pijc->p", ic, win) / norm
+        norm = np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3
+        corr[:, k] = np.einsum("pij,pij->p", ig, win) / norm
     best = corr.argmax(axis=1)
-    score = corr[np.arange(p), best]
-    colour = np.empty(p, np.float32)
-    fa = np.abs(a - _background(a)[:, None, None]).sum(axis=3) > FOREGROUND
-    fb = np.abs(b - _background(b)[:, None, None]).sum(axis=3) > FOREGROUND
-    for k, (dy, dx) in enumerate(shifts):
-        sel = np.flatnonzero(best == k)
-        if not len(sel):
-            continue
-        aw, bw = inner[sel], b[sel, dy : dy + n, dx : dx + n]
-        mask = fa[sel, SHIFT:-SHIFT, SHIFT:-SHIFT] | fb[sel, dy : dy + n, dx : dx + n]
-        gain = aw.mean(axis=(1, 2, 3)) / (bw.mean(axis=(1, 2, 3)) + 1e-3)
-        err = np.abs(aw - gain[:, None, None, None] * bw).mean(axis=3)
-        colour[sel] = (err * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1)
+    rows = np.arange(p)
+    score = corr[rows, best]
+    # Colour: at the best shift, over the pixels that are foreground in either thumbnail.
+    dy, dx = np.divmod(best, side)
+    windows = np.lib.stride_tricks.sliding_window_view(b, (n, n), axis=(1, 2))  # p, s, s, 3, n, n
+    bw = windows[rows, dy, dx].transpose(0, 2, 3, 1)
+    fa = (np.abs(inner - _background(a)[:, None, None]).sum(axis=3) > FOREGROUND).reshape(p, -1)
+    fb = (np.abs(bw - _background(b)[:, None, None]).sum(axis=3) > FOREGROUND).reshape(p, -1)
+    mask = fa | fb
+    aw, bw = inner.reshape(p, -1), bw.reshape(p, -1)
+    gain = aw.mean(axis=1) / (bw.mean(axis=1) + 1e-3)
+    err = np.abs(aw - gain[:, None] * bw).reshape(p, -1, 3).mean(axis=2)
+    colour = (err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    return score, colour.astype(np.float32)
+
+
+def verify_pairs(
+    thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, workers: int = 1, block: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)): own thumbnails, then each
+    against the other's centre crop, keeping the best correlation and the smallest
+    colour difference. Works in blocks (on `workers` processes when there are many),
+    so memory stays small for any number of pairs."""
+    if workers > 1 and len(a) > 8 * block and "fork" in multiprocessing.get_all_start_methods():
+        _JOB["thumbs"] = thumbs
+        try:
+            cuts = range(0, len(a), 4 * block)
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.starmap(
+                    _verify_part, [(a[s : s + 4 * block], b[s : s + 4 * block]) for s in cuts]
+                )
+        finally:
+            _JOB.clear()
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    score = np.empty(len(a), np.float32)
+    colour = np.empty(len(a), np.float32)
+    for s in range(0, len(a), block):
+        x, y = a[s : s + block], b[s : s + block]
+        best, diff = verify(thumbs[x, 0], thumbs[y, 0])
+        # The centre crops only matter where the whole thumbnails disagree.
+        again = np.flatnonzero((best < 0.95) | (diff > 16))
+        for i, j in ((0, 1), (1, 0)):
+            sc, co = verify(thumbs[x[again], i], thumbs[y[again], j])
+            best[again], diff[again] = np.maximum(best[again], sc), np.minimum(diff[again], co)
+        score[s : s + block], colour[s : s + block] = best, diff
     return score, colour
 
 
-def verify_pairs(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)): own thumbnails first,
-    then each against the other's centre crop, keeping the best correlation and the
-    smallest colour difference."""
-    score, colour = verify(thumbs[a, 0], thumbs[b, 0])
-    for x, y in ((0, 1), (1, 0)):
-        s, c = verify(thumbs[a, x], thumbs[b, y])
-        score, colour = np.maximum(score, s), np.minimum(colour, c)
-    return score, colour
+def _verify_part(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return verify_pairs(_JOB["thumbs"], a, b)
 
 
 # --- grouping ---------------------------------------------------------------------------
@@ -322,21 +371,21 @@ def group(
         worse, better = np.where(swap, b, a), np.where(swap, a, b)
         order = np.lexsort((d, rank[worse]))
         worse, better, d = worse[order], better[order], d[order]
+        # One vectorised verification of every candidate pair; a pair whose better image
+        # turns out not to be kept is then simply not used.
+        sc, co = verifier(worse, better)
+        ok = (sc >= min_score) & (co <= max_colour_diff)
         cut = np.flatnonzero(np.diff(worse)) + 1
-        for w, bs, ds in zip(
-            worse[np.r_[0, cut]], np.split(better, cut), np.split(d, cut), strict=True
-        ):
+        for start, stop in zip(np.r_[0, cut], np.r_[cut, len(worse)], strict=True):
+            w = worse[start]
+            bs, s, c, good = better[start:stop], sc[start:stop], co[start:stop], ok[start:stop]
             live = leader[bs] == bs
-            if not live.any():
-                continue
-            bs, ds = bs[live], ds[live]
-            s, c = verifier(np.full(len(bs), w), bs)
-            ok = (s >= min_score) & (c <= max_colour_diff)
-            for k in np.flatnonzero(~ok):
-                rejected.append((int(bs[k]), int(w), int(ds[k]), float(s[k]), float(c[k])))
-            if ok.any():
-                k = np.flatnonzero(ok)[np.argmax(s[ok])]
-                leader[w], distance[w], score[w], colour[w] = bs[k], ds[k], s[k], c[k]
+            for k in np.flatnonzero(live & ~good):
+                rejected.append((int(bs[k]), int(w), int(d[start + k]), float(s[k]), float(c[k])))
+            good &= live
+            if good.any():
+                k = np.flatnonzero(good)[np.argmax(s[good])]
+                leader[w], distance[w], score[w], colour[w] = bs[k], d[start + k], s[k], c[k]
     return Grouping(leader, distance, score, colour, rejected)
 
 

@@ -74,7 +74,7 @@ class DownloadParams:
 class DedupParams:
     hash: Literal["phash", "dhash", "whash", "ahash"] = "phash"
     hash_size: int = 8
-    threshold: int = 8
+    threshold: int = 10
     min_score: float = 0.85
     max_colour_diff: float = 28.0
     keep: Literal["largest", "earliest"] = "largest"
@@ -82,7 +82,9 @@ class DedupParams:
     draft: bool = True
 
     def validate(self) -> None:
-        _check(-1 <= self.min_score <= 1, "dedup.min_score", f"must be between -1 and 1, got {self.min_score}")
+        _check(
+            -1 <= self.min_score <= 1, "dedup.min_score", f"must be between -1 and 1, got {self.min_score}"
+        )
         _check(self.workers >= 0, "dedup.workers", "must be 0 (all cores) or more")
         _check(
             self.hash_size in (4, 8, 16),

@@ -477,8 +477,15 @@ class _Logger:
         self.live.next_step()
 
     def summary(self, metrics: dict[str, float]) -> None:
-        if self.live is not None:
-            self.live.summary.update(metrics)
+        """Overwrite final values in metrics.json; "train/x" is stored nested, as log_metric does."""
+        if self.live is None:
+            return
+        for name, value in metrics.items():
+            *sections, key = name.split("/")
+            node = self.live.summary
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[key] = value
 
     def close(self) -> None:
         if self.live is not None:

@@ -1,57 +1,258 @@
 import csv
 import itertools
 import json
+import random
+from functools import partial
 
-import imagehash
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance
 
-from pipeline import dedup, download
-from pipeline.dedup import Entry, group
-from pipeline.params import params_from_dict
+from pipeline import dedup, download, synthetic
+from pipeline.dedup_index import candidate_pairs, features, group, hamming, near_pairs, pack, verify_pairs
+from pipeline.images import sha256_file, write_csv_atomic
+from pipeline.params import ParamsError, params_from_dict
 
-
-def entry(name, bits, pixels, sha=None, thumb=0):
-    h = imagehash.ImageHash(np.array([b == "1" for b in bits.ljust(64, "0")]).reshape(8, 8))
-    return Entry(name, sha or name, pixels, h, np.full((8, 8, 3), thumb, np.uint8))
+# --- search ------------------------------------------------------------------------------
 
 
-def test_exact_and_near_duplicates_join_the_largest():
-    entries = [
-        entry("small", "1111", 100),
-        entry("big", "1111", 900),
-        entry("copy", "0000", 50, sha="big"),
-        entry("other", "1" * 40, 500),
-    ]
-    got = {m.id: (m.group, m.match) for m in group(entries, threshold=6)}
-    assert got == {
-        "big": ("big", "kept"),
-        "small": ("big", "phash"),
-        "copy": ("big", "exact"),
-        "other": ("other", "kept"),
+@pytest.mark.parametrize(("bits", "threshold"), [(16, 3), (64, 4), (64, 8), (64, 12), (256, 20)])
+def test_multi_index_search_finds_exactly_the_pairs_within_threshold(bits, threshold):
+    rng = np.random.default_rng(bits + threshold)
+    h = rng.random((300, bits)) < 0.5
+    for i in range(0, 300, 3):  # planted near pairs, at distances around the threshold
+        flip = rng.choice(bits, size=rng.integers(0, threshold + 3), replace=False)
+        h[i + 1] = h[i]
+        h[i + 1, flip] ^= True
+    packed = pack(h)
+    d = np.array([[hamming(packed[i], packed[j]) for j in range(300)] for i in range(300)])
+    want = {(i, j) for i, j in itertools.combinations(range(300), 2) if d[i, j] <= threshold}
+    q, it = near_pairs(h, None, threshold)
+    got = list(zip(q.tolist(), it.tolist(), strict=True))
+    assert len(got) == len(set(got))  # each pair once
+    assert set(got) == want
+    q2, i2 = near_pairs(h[:100], h[100:], threshold)  # query side separate from the index
+    want2 = {(i, j) for i in range(100, 300) for j in range(100) if d[i, j] <= threshold}
+    assert {(q + 100, i) for q, i in zip(q2.tolist(), i2.tolist(), strict=True)} == want2
+
+
+# --- images for the grouping tests --------------------------------------------------------
+
+
+def sprite_on_white(cap, overalls, size=(240, 300), pose="stand"):
+    rng = random.Random(0)
+    img = Image.new("RGBA", size, (255, 255, 255, 255))
+    s = synthetic._sprite(rng, pose)
+    px = s.load()
+    for y in range(s.height):  # recolour cap/shirt and overalls
+        for x in range(s.width):
+            if px[x, y][3] and synthetic.POSES[pose][y][x] in "CR":
+                px[x, y] = (*cap, 255)
+            elif px[x, y][3] and synthetic.POSES[pose][y][x] == "O":
+                px[x, y] = (*overalls, 255)
+    s = s.resize((12 * 12, 16 * 12), Image.Resampling.NEAREST)
+    img.alpha_composite(s, ((size[0] - s.width) // 2, (size[1] - s.height) // 2))
+    return img.convert("RGB")
+
+
+def landscape(seed):
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    return Image.fromarray(low).resize((320, 240), Image.Resampling.BICUBIC)
+
+
+def shape(kind, colour):
+    img = Image.new("RGB", (256, 256), "white")
+    d = ImageDraw.Draw(img)
+    (d.ellipse if kind == "circle" else d.rectangle)((60, 60, 196, 196), fill=colour)
+    return img
+
+
+def crop(img, f=0.03):
+    # 6% in all, centred: what the centre-crop probe is for. (Lopsided crops near 8% can
+    # hash further than the threshold: see the benchmark's recall.)
+    dx, dy = int(img.width * f), int(img.height * f)
+    return img.crop((dx, dy, img.width - dx, img.height - dy))
+
+
+def write_index(root, images):
+    """Write `images` ({id: (PIL image or bytes, ext)}) as data/raw with an index, in order."""
+    raw = root / "data/raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for image_id, (img, ext, *opts) in images.items():
+        path = raw / f"{image_id}.{ext}"
+        if isinstance(img, bytes):
+            path.write_bytes(img)
+            w = h = 0
+        else:
+            img.save(path, quality=opts[0] if opts else 90)
+            w, h = img.size
+        rows.append(
+            {
+                "id": image_id,
+                "source": "test",
+                "origin": f"test://{image_id}",
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "width": w,
+                "height": h,
+                "format": ext,
+            }
+        )
+    write_csv_atomic(raw / "index.csv", download.INDEX_FIELDS, rows)
+    return rows
+
+
+def groups_of(members):
+    out = {}
+    for m in members:
+        out.setdefault(m["group"], set()).add(m["id"])
+    return sorted(sorted(g) for g in out.values())
+
+
+@pytest.fixture
+def known_set(in_tmp):
+    red = sprite_on_white((216, 40, 0), (32, 56, 200))
+    land = landscape(1)
+    circle = shape("circle", (30, 120, 200))
+    images = {
+        "red": (red, "png"),
+        "red-small": (red.resize((120, 150), Image.Resampling.LANCZOS), "jpg", 40),
+        "red-crop": (crop(red), "jpg", 85),
+        "red-bright": (ImageEnhance.Brightness(red).enhance(0.87), "png"),
+        "red-again": (red, "png"),  # byte-identical
+        "land": (land, "jpg", 95),
+        "land-crop": (crop(land), "jpg", 60),
+        "land-big": (land.resize((480, 360), Image.Resampling.LANCZOS), "png"),
+        "circle": (circle, "png"),
+        "circle-jpg": (circle, "jpg", 30),
+        "green": (sprite_on_white((40, 160, 40), (120, 72, 24)), "png"),
+        "square": (shape("square", (30, 120, 200)), "png"),
     }
+    write_index(in_tmp, images)
+    return params_from_dict({"dedup": {"workers": 1}})
 
 
-def test_no_chaining_through_a_middle_image():
-    # A~B (4 bits) and B~C (4 bits) but A and C are 8 bits apart.
-    a, b, c = entry("a", "11110000", 900), entry("b", "11111111", 400), entry("c", "1111111111110000", 100)
-    got = {m.id: m.group for m in group([a, b, c], threshold=5)}
-    assert got["b"] == "a"
-    assert got["c"] == "c"
+def test_known_duplicate_sets_give_exactly_the_expected_groups(known_set):
+    members = dedup.run(known_set)
+    assert groups_of(members) == [
+        ["circle", "circle-jpg"],
+        ["green"],
+        ["land", "land-big", "land-crop"],
+        ["red", "red-again", "red-bright", "red-crop", "red-small"],
+        ["square"],
+    ]
+    by_id = {m["id"]: m for m in members}
+    assert by_id["red-again"]["match"] == "exact"
+    assert by_id["land-crop"]["match"] == "near" and by_id["land-crop"]["group"] == "land-big"
+    kept = [r["id"] for r in csv.DictReader(open("data/dedup/candidates.csv"))]
+    assert kept == ["circle-jpg", "green", "land-big", "red-bright", "square"]  # same area: larger file
+    page = open("data/dedup/report.html").read()
+    assert page.count("<h3>") == 3 and "KEPT" in page and "data:image/jpeg;base64," in page
+    assert Image.open("data/dedup/groups.png").size[0] > 0
 
 
-def test_colour_check_separates_same_shape_different_colour():
-    red, green = entry("red", "1111", 900, thumb=0), entry("green", "1111", 800, thumb=0)
-    green = Entry(
-        "green",
-        "green",
-        800,
-        green.hash,
-        np.dstack([np.zeros((8, 8)), np.full((8, 8), 200), np.zeros((8, 8))]).astype(np.uint8),
-    )
-    got = {m.id: m.group for m in group([red, green], threshold=6, max_colour_diff=8)}
-    assert got == {"red": "red", "green": "green"}
+def test_distinct_flat_images_that_collide_in_phash_stay_apart():
+    red = features(sprite_on_white((216, 40, 0), (32, 56, 200)))
+    green = features(sprite_on_white((40, 160, 40), (120, 72, 24)))
+    navy, maroon = features(shape("circle", (0, 0, 128))), features(shape("circle", (128, 0, 0)))
+    for a, b in [(red, green), (navy, maroon)]:
+        hashes = np.stack([a.hashes, b.hashes])
+        thumbs = np.stack([a.thumbs, b.thumbs])
+        _, _, d = candidate_pairs(hashes, 8)
+        assert len(d) == 1 and d[0] <= 8  # the hashes collide...
+        verifier = partial(verify_pairs, thumbs)
+        g = group(np.arange(2), candidate_pairs(hashes, 8), verifier, 0.85, 28)
+        assert g.leader.tolist() == [0, 1]  # ...and verification keeps them apart
+        assert len(g.rejected) == 1
+
+
+def test_a_chain_never_merges_its_ends():
+    # A~B and B~C verify, A~C does not: C must not join A's group through B.
+    ok = {(0, 1), (1, 2)}
+
+    def verifier(w, bs):
+        s = np.array([1.0 if (min(x, y), max(x, y)) in ok else 0.0 for x, y in zip(w, bs, strict=True)])
+        return s, np.zeros(len(bs))
+
+    pairs = (np.array([0, 1, 0]), np.array([1, 2, 2]), np.array([4, 4, 8]))
+    g = group(np.arange(3), pairs, verifier, 0.5, 28)
+    assert g.leader.tolist() == [0, 0, 2]
+    assert [(a, b) for a, b, *_ in g.rejected] == [(0, 2)]
+
+
+def test_keep_best_order_is_area_then_file_size_then_earliest(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "b").write_bytes(b"x" * 20)
+    (tmp_path / "c").write_bytes(b"x" * 20)
+    (tmp_path / "d").write_bytes(b"x" * 5)
+    rows = [
+        {"file": "a", "width": "10", "height": "10"},
+        {"file": "b", "width": "10", "height": "10"},
+        {"file": "c", "width": "10", "height": "10"},
+        {"file": "d", "width": "20", "height": "10"},
+    ]
+    assert dedup.keep_order(rows, tmp_path, "largest") == [3, 1, 2, 0]
+    assert dedup.keep_order(rows, tmp_path, "earliest") == [0, 1, 2, 3]
+
+
+def test_unreadable_files_are_reported_not_fatal(in_tmp):
+    params = params_from_dict({"download": {"count": 12}})
+    download.run(params)
+    index = list(csv.DictReader(open("data/raw/index.csv")))
+    (in_tmp / "data/raw" / index[0]["file"]).write_bytes(b"")
+    (in_tmp / "data/raw" / index[1]["file"]).write_bytes(b"GIF89a garbage")
+    members = dedup.run(params)
+    report = json.loads(open("data/dedup/report.json").read())
+    assert {u["id"]: u["reason"] for u in report["unreadable"]} == {
+        index[0]["id"]: "empty file (0 bytes)",
+        index[1]["id"]: "not an image Pillow can read",
+    }
+    assert len(members) == 10
+    assert "Unreadable files (2)" in open("data/dedup/report.html").read()
+
+
+def test_rerun_hashes_nothing_and_new_files_only(known_set, monkeypatch):
+    dedup.run(known_set)
+    first = open("data/dedup/groups.csv").read()
+    calls = []
+    real = dedup._hash_one
+    monkeypatch.setattr(dedup, "_hash_one", lambda job: calls.append(job[1]) or real(job))
+    dedup.run(known_set)
+    assert calls == []
+    assert json.loads(open("data/dedup/report.json").read())["hashed"] == 0
+    assert open("data/dedup/groups.csv").read() == first
+    # A new download: only that file is hashed.
+    rows = list(csv.DictReader(open("data/raw/index.csv")))
+    shape("circle", "orange").save("data/raw/new.png")
+    rows.append(rows[-1] | {"id": "new", "file": "new.png", "sha256": sha256_file("data/raw/new.png")})
+    write_csv_atomic("data/raw/index.csv", download.INDEX_FIELDS, rows)
+    dedup.run(known_set)
+    assert [c.rsplit("/", 1)[-1] for c in calls] == ["new.png"]
+
+
+def test_draft_decoding_gives_the_same_groups(known_set):
+    with_draft = groups_of(dedup.run(known_set))
+    full = params_from_dict({"dedup": {"workers": 1, "draft": False}})
+    assert groups_of(dedup.run(full)) == with_draft
+
+
+def test_bad_dedup_params_name_the_key():
+    with pytest.raises(ParamsError, match=r"dedup.hash: must be one of phash, dhash, whash, ahash"):
+        params_from_dict({"dedup": {"hash": "md5"}})
+    with pytest.raises(ParamsError, match=r"dedup.threshold: must be between 0 and 63"):
+        params_from_dict({"dedup": {"threshold": 64}})
+    with pytest.raises(ParamsError, match=r"dedup.keep: must be one of largest, earliest"):
+        params_from_dict({"dedup": {"keep": "smallest"}})
+
+
+@pytest.mark.parametrize("name", ["dhash", "whash", "ahash"])
+def test_other_hashes_run(known_set, name):
+    p = params_from_dict({"dedup": {"workers": 1, "hash": name}})
+    groups = groups_of(dedup.run(p))
+    assert ["green"] in groups
+    assert any({"red", "red-again"} <= set(g) for g in groups)
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +282,13 @@ def test_default_params_find_the_planted_duplicates(synthetic_dedup):
         fp += grouped and not same
         fn += same and not grouped
     precision, recall = tp / (tp + fp), tp / (tp + fn)
-    assert precision >= 0.9, (precision, recall)
-    assert recall >= 0.9, (precision, recall)
+    assert precision >= 0.95, (precision, recall)
+    assert recall >= 0.95, (precision, recall)
     exact = [i for i, t in truth.items() if t["transform"] == "exact"]
     assert exact and all(groups[i]["match"] == "exact" for i in exact)
 
 
-def test_largest_image_is_kept(synthetic_dedup, tmp_path):
+def test_every_group_is_led_by_its_kept_image(synthetic_dedup):
     _, groups = synthetic_dedup
     for gid in {g["group"] for g in groups.values()}:
         assert groups[gid]["kept"] == "true"
-
-
-def test_unreadable_files_are_reported_not_fatal(in_tmp):
-    params = params_from_dict({"download": {"count": 12}})
-    download.run(params)
-    index = list(csv.DictReader(open("data/raw/index.csv")))
-    (in_tmp / "data/raw" / index[0]["file"]).write_bytes(b"")
-    (in_tmp / "data/raw" / index[1]["file"]).write_bytes(b"GIF89a garbage")
-    members = dedup.run(params)
-    report = json.loads(open("data/dedup/report.json").read())
-    assert {u["id"] for u in report["unreadable"]} == {index[0]["id"], index[1]["id"]}
-    assert len(members) == 10
-    assert Image.open("data/dedup/groups.png").size[0] > 0

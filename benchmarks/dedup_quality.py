@@ -1,0 +1,217 @@
+"""Dedup quality and speed: this stage vs plain pHash + union-find vs imagededup's PHash.
+
+Builds (once, then reuses) the near-duplicate set of benchmarks/dedup_set.py and
+prints, for each method and a few thresholds, pair precision and recall against
+the ground truth, and images per second (load + hash + search + group, on
+`--workers` processes). Ends with `ratio: X`, this stage's throughput over
+imagededup's at the default threshold. imagededup is a benchmark-only extra:
+pip install -e '.[bench]'.
+
+    python benchmarks/dedup_quality.py [--originals 2000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import sys
+import time
+import types
+from collections import Counter
+from math import comb
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dedup_set
+
+from pipeline import dedup
+from pipeline.dedup_index import hamming, pack
+from pipeline.images import load_rgb
+from pipeline.params import DedupParams
+
+
+def pair_scores(pred: list[int], truth: list[str]) -> tuple[float, float]:
+    """Pair precision and recall of a partition `pred` (group label per image)."""
+    grouped = sum(comb(c, 2) for c in Counter(pred).values())
+    true = sum(comb(c, 2) for c in Counter(truth).values())
+    tp = sum(comb(c, 2) for c in Counter(zip(pred, truth, strict=True)).values())
+    return (tp / grouped if grouped else 1.0), tp / true
+
+
+def pairs_scores(pairs: set[tuple[int, int]], truth: list[str]) -> tuple[float, float]:
+    true = sum(comb(c, 2) for c in Counter(truth).values())
+    tp = sum(truth[a] == truth[b] for a, b in pairs)
+    return (tp / len(pairs) if pairs else 1.0), tp / true
+
+
+def ours(files: list[Path], p: DedupParams) -> tuple[dict[int, tuple[float, float]], float, dict]:
+    """The stage's own code path: sha256, parallel features, search, verify, group."""
+    t0 = time.perf_counter()
+    shas = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    first: dict[str, int] = {}
+    for i, s in enumerate(shas):
+        first.setdefault(s, i)
+    feats = dedup.hash_files({s: str(files[i]) for s, i in first.items()}, p)
+    t_hash = time.perf_counter() - t0
+    reps = list(first)  # the benchmark's files all come "fetched" in order; keep largest first
+    area = {s: _area(files[first[s]]) for s in reps}
+    reps.sort(key=lambda s: (-area[s], first[s]))
+    hashes = np.array([feats[s].hashes for s in reps])
+    thumbs = np.array([feats[s].thumbs for s in reps])
+    out, seconds = {}, {}
+    for t in THRESHOLDS:
+        t1 = time.perf_counter()
+        g, _ = dedup.group_features(hashes, thumbs, dataclasses.replace(p, threshold=t))
+        seconds[t] = time.perf_counter() - t1
+        label = {s: int(g.leader[k]) for k, s in enumerate(reps)}
+        out[t] = [label[s] for s in shas]
+    return out, t_hash, {"group_s": seconds, "feats": feats, "reps": reps, "hashes": hashes}
+
+
+def _area(path: Path) -> int:
+    with Image.open(path) as img:
+        return img.width * img.height
+
+
+def unverified(hashes: np.ndarray, reps: list[str], shas: list[str], t: int) -> list[int]:
+    """Our search and no-chaining grouping with verification switched off."""
+    from pipeline.dedup_index import candidate_pairs, group
+
+    pairs = candidate_pairs(hashes, t)
+    g = group(
+        np.arange(len(reps)),
+        pairs,
+        lambda a, b: (np.ones(len(a)), np.zeros(len(a))),
+        0.0,
+        255.0,
+    )
+    label = {s: int(g.leader[k]) for k, s in enumerate(reps)}
+    return [label[s] for s in shas]
+
+
+def phash_union_find(files: list[Path]) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    bits = np.array([imagehash.phash(load_rgb(f)).hash.reshape(-1) for f in files])
+    return pack(bits), time.perf_counter() - t0
+
+
+def union_find_labels(packed: np.ndarray, t: int) -> list[int]:
+    n = len(packed)
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in range(n):
+        close = np.flatnonzero(hamming(packed[i + 1 :], packed[i]) <= t) + i + 1
+        for j in close.tolist():
+            parent[find(j)] = find(i)
+    return [find(i) for i in range(n)]
+
+
+THRESHOLDS = [6, 8, 10, 12]
+
+
+def imagededup_phash() -> type:
+    """imagededup's PHash class, without running imagededup.methods/__init__.py: in 0.3.3
+    that imports its CNN, which downloads MobileNet weights at import time."""
+    spec = importlib.util.find_spec("imagededup")
+    if spec is None or spec.origin is None:
+        sys.exit("imagededup is not installed: pip install -e '.[bench]' (or pass --skip-imagededup)")
+    methods = types.ModuleType("imagededup.methods")
+    methods.__path__ = [str(Path(spec.origin).parent / "methods")]
+    sys.modules.setdefault("imagededup.methods", methods)
+    from imagededup.methods.hashing import PHash
+
+    logging.getLogger("imagededup").setLevel(logging.ERROR)
+    return PHash
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--originals", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/mario-gan-dedup-bench"))
+    ap.add_argument("--skip-imagededup", action="store_true")
+    args = ap.parse_args()
+
+    PHash = None if args.skip_imagededup else imagededup_phash()
+    t0 = time.perf_counter()
+    rows = dedup_set.build(args.dir, args.originals)
+    files = [args.dir / "images" / r["file"] for r in rows]
+    truth = [r["original"] for r in rows]
+    n = len(files)
+    print(f"set: {args.originals} originals, {n} images ({time.perf_counter() - t0:.0f} s to build or load)")
+    p = DedupParams(workers=args.workers)
+    print(f"\n{'method':34} {'thr':>4} {'precision':>9} {'recall':>7} {'img/s':>7}")
+
+    def add(row: tuple[str, int, float, float, float]) -> None:
+        name, t, pr, rc, speed = row
+        print(f"{name:34} {t:4d} {pr:9.3f} {rc:7.3f} {speed:7.0f}", flush=True)
+
+    # This stage, with and without draft decoding.
+    labels, t_hash, info = ours(files, p)
+    for t in THRESHOLDS:
+        pr, rc = pair_scores(labels[t], truth)
+        add(("this stage", t, pr, rc, n / (t_hash + info["group_s"][t])))
+    ours_speed = n / (t_hash + info["group_s"][p.threshold])
+    full_labels, t_hash_full, full_info = ours(files, dataclasses.replace(p, draft=False))
+    pr, rc = pair_scores(full_labels[p.threshold], truth)
+    add(("this stage, no draft", p.threshold, pr, rc, n / (t_hash_full + full_info["group_s"][p.threshold])))
+    changed = sum(
+        not np.array_equal(info["feats"][s].hashes, full_info["feats"][s].hashes) for s in info["reps"]
+    )
+    same_groups = labels[p.threshold] == full_labels[p.threshold]
+    shas = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    for t in (8, 10):
+        pr, rc = pair_scores(unverified(info["hashes"], info["reps"], shas, t), truth)
+        add(("search+greedy, no verification", t, pr, rc, float("nan")))
+
+    # Plain pHash with union-find (connected components: chaining).
+    packed, t_plain = phash_union_find(files)
+    for t in THRESHOLDS:
+        t1 = time.perf_counter()
+        lab = union_find_labels(packed, t)
+        pr, rc = pair_scores(lab, truth)
+        add(("pHash + union-find", t, pr, rc, n / (t_plain + time.perf_counter() - t1)))
+
+    ratio = float("nan")
+    if PHash is not None:
+        ph = PHash(verbose=False)
+        t1 = time.perf_counter()
+        enc = ph.encode_images(image_dir=str(args.dir / "images"), num_enc_workers=args.workers)
+        t_enc = time.perf_counter() - t1
+        index = {f.name: i for i, f in enumerate(files)}
+        for t in THRESHOLDS:
+            t1 = time.perf_counter()
+            found = ph.find_duplicates(
+                encoding_map=enc, max_distance_threshold=t, num_dist_workers=args.workers
+            )
+            speed = n / (t_enc + time.perf_counter() - t1)
+            pairs = {tuple(sorted((index[a], index[b]))) for a, dups in found.items() for b in dups}
+            pr, rc = pairs_scores(pairs, truth)
+            add(("imagededup PHash", t, pr, rc, speed))
+            if t == p.threshold:
+                ratio = ours_speed / speed
+
+    print(
+        f"\ndraft decoding: {changed} of {len(info['reps'])} images hash differently; "
+        f"groups at threshold {p.threshold} identical: {same_groups}"
+    )
+    print(f"ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
