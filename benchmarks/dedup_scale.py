@@ -1,7 +1,7 @@
 """Dedup at scale: group 1,000,000 hashes with planted near pairs (target: under 60 s on 2 cores).
 
 Random 64-bit hashes stand in for pHashes (each with a centre-crop probe hash a few
-bits away), and 10% of them are planted copies 0-8 bits from another. The timed
+bits away), and 10% of them are planted copies about 0-10 bits from another. The timed
 part is what the stage does after hashing: multi-index search of both passes
 (hash-hash and probe-hash), then best-first grouping with the real thumbnail
 verification on every candidate pair that reaches a kept image (thumbnails drawn
@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.dedup_index import candidate_pairs, group, hamming, pack, verify_pairs
+from pipeline.params import DedupParams
 
 
 def planted(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,7 +36,7 @@ def planted(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     copies = rng.choice(n, size=n // 10, replace=False)
     originals = rng.integers(0, n, size=len(copies))
     originals = np.where(originals == copies, (originals + 1) % n, originals)
-    flips = rng.random((len(copies), 64)) < rng.uniform(0, 8 / 64, (len(copies), 1))
+    flips = rng.random((len(copies), 64)) < rng.uniform(0, 10 / 64, (len(copies), 1))
     own[copies] = own[originals] ^ flips
     probe = own ^ (rng.random((n, 64)) < 0.05)
     return np.stack([own, probe], axis=1), originals, copies
@@ -71,14 +72,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--subset", type=int, default=50_000)
+    ap.add_argument("--threshold", type=int, default=DedupParams().threshold)
     args = ap.parse_args()
+    t = args.threshold
 
+    print(f"threshold {t} bits, {args.workers} workers")
     print(f"{'method':28} {'hashes':>9} {'search s':>9} {'group s':>8} {'total s':>8} {'pairs':>8}")
     hashes, originals, copies = planted(args.n)
-    search_s, group_s, pairs, g = ours(hashes, args.workers)
+    search_s, group_s, pairs, g = ours(hashes, args.workers, t)
     found = set(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
     packed = pack(hashes[:, 0])
-    close = hamming(packed[originals], packed[copies]) <= 8  # the planted pairs that count
+    close = hamming(packed[originals], packed[copies]) <= t  # the planted pairs that count
     want = {
         (min(a, b), max(a, b)) for a, b in zip(originals[close].tolist(), copies[close].tolist(), strict=True)
     }
@@ -94,8 +98,8 @@ def main() -> None:
     print(int((np.bincount(g.leader, minlength=args.n) > 1).sum()))
 
     sub = hashes[: args.subset]
-    s_search, s_group, s_pairs, _ = ours(sub, args.workers)
-    bf_s, bf_pairs = brute_force(sub)
+    s_search, s_group, s_pairs, _ = ours(sub, args.workers, t)
+    bf_s, bf_pairs = brute_force(sub, t)
     print(
         f"{'multi-index + group':28} {args.subset:9d} {s_search:9.1f} {s_group:8.1f} "
         f"{s_search + s_group:8.1f} {len(s_pairs[0]):8d}"

@@ -79,7 +79,7 @@ class DedupParams:
     max_colour_diff: float = 28.0
     keep: Literal["largest", "earliest"] = "largest"
     workers: int = 0
-    draft: bool = True
+    draft: bool = False
 
     def validate(self) -> None:
         _check(

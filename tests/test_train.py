@@ -354,3 +354,29 @@ def test_project_train_params_are_valid():
     p = params_from_dict(params).train
     assert p.diffaugment and p.resume
     assert os.path.basename(train.CHECKPOINT) == "checkpoint.pt"
+
+
+@pytest.mark.e2e
+def test_dvc_repro_after_ctrl_c_resumes_from_the_checkpoint(tmp_path):
+    from tests.conftest import make_project, sh
+
+    root = make_project(tmp_path / "proj", {"train": {"kimg": 6, "log_kimg": 0.016, "checkpoint_kimg": 100}})
+    first = subprocess.Popen(
+        ["dvc", "repro"], cwd=root, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    metrics = root / "dvclive/metrics.json"
+    deadline = time.monotonic() + 300
+    while not metrics.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode != 0, out
+    assert "SIGINT at step" in out, out
+    stopped_at = torch.load(root / "models/checkpoint.pt", weights_only=True)["step"]
+
+    again = sh("dvc", "repro", cwd=root)
+    text = again.stdout + again.stderr
+    assert f"resuming from models/checkpoint.pt at step {stopped_at}" in text
+    assert torch.load(root / "models/checkpoint.pt", weights_only=True)["step"] == 375  # 6 kimg / 16
+    assert (root / "models/generator.pt").exists()
