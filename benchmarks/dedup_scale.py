@@ -92,7 +92,7 @@ def main() -> None:
     )
     missed = len(want - found)
     print(
-        f"planted pairs within 8 bits found: {len(want) - missed} of {len(want)}; groups with copies: ",
+        f"planted pairs within {t} bits found: {len(want) - missed} of {len(want)}; groups with copies: ",
         end="",
     )
     print(int((np.bincount(g.leader, minlength=args.n) > 1).sum()))

@@ -49,7 +49,7 @@ from pipeline.params import DownloadParams, Params
 log = logging.getLogger(__name__)
 
 # Outside data/raw on purpose: DVC deletes a stage's outputs before running it.
-CACHE = Path(".cache/download")
+CACHE = paths.DOWNLOAD_CACHE
 
 INDEX_FIELDS = [
     "id",

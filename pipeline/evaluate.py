@@ -34,7 +34,7 @@ from pipeline.train import load_dataset, pick_device, to_uint8
 
 log = logging.getLogger(__name__)
 
-METRICS = Path("metrics/evaluate.json")
+METRICS = paths.EVALUATE_METRICS
 
 
 def split_halves(real: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

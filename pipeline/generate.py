@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline import paths
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     ap.add_argument("--out", type=Path, required=True, help="folder for the PNGs and grid.png")
     ap.add_argument("--truncation", type=float, help="redraw latent components beyond ±T (e.g. 1.5)")
-    ap.add_argument("--model", type=Path, default=Path("models/generator.pt"), help="generator file")
+    ap.add_argument("--model", type=Path, default=paths.MODEL, help="generator file")
     ap.add_argument("--which", choices=["ema", "raw"], default="ema", help="EMA (default) or raw weights")
     ap.add_argument("--nrow", type=int, default=8, help="grid columns (default 8)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

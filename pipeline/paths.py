@@ -14,3 +14,9 @@ PROCESSED = Path("data/processed")
 MODEL = Path("models/generator.pt")
 SAMPLES = Path("samples")
 DVCLIVE = Path("dvclive")
+CHECKPOINT = Path("models/checkpoint.pt")
+EVALUATE_METRICS = Path("metrics/evaluate.json")
+
+# Caches outside DVC's outputs and git: they survive `dvc repro` deleting outputs.
+DOWNLOAD_CACHE = Path(".cache/download")
+REVIEW_CACHE = Path(".cache/review")

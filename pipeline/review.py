@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "review_page"
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
-CACHE = Path(".cache/review")
+CACHE = paths.REVIEW_CACHE
 THUMB = 200  # px, longest side
 WEB_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
 UNDO_DEPTH = 500

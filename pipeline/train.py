@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = paths.MODEL.with_name("checkpoint.pt")
+CHECKPOINT = paths.CHECKPOINT
 R1_INTERVAL = 16  # lazy regularisation (StyleGAN2): R1 every 16 D steps, scaled by 16
 EMA_RAMPUP = 0.05  # EMA half-life is at most 5% of the images shown so far, so short runs still average
 EVAL_IMAGES = 128  # SWD sample size: cheap on CPU, enough to rank runs

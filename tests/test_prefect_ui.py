@@ -14,29 +14,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
 
 from flows.pipeline_flow import stage_order
+from tests.browser import chrome, needs_chromium, wait_for
 from tests.conftest import BIN, ROOT, env, make_project
 
 pytestmark = pytest.mark.e2e
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 KEYS = {"mario-gan-counts", "mario-gan-metrics", "mario-gan-samples", "mario-gan-train-progress"}
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def free_port() -> int:
@@ -172,31 +159,14 @@ def test_a_served_deployment_keeps_its_cron_and_runs_on_demand(server, flow_run)
         stop(serve)
 
 
-@pytest.mark.skipif(
-    not CHROMEDRIVER.exists(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
-)
+@needs_chromium
 def test_the_ui_shows_the_run_its_tasks_and_artifacts(server, flow_run, tmp_path):
-    from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     url, _ = server
     root, run = flow_run
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ]:
-        options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser = chrome("1400,1000")
 
     def text(css: str) -> str:
         try:

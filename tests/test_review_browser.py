@@ -7,32 +7,16 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pipeline import paths
+from tests.browser import chrome, needs_chromium, wait_for
 from tests.conftest import ROOT, env
 from tests.test_review_api import make_dataset, rows
 
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(
-    not CHROMEDRIVER.exists(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
-)
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -56,23 +40,7 @@ def server(tmp_path):
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,880",
-    ]:
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+    driver = chrome("1280,880")
     try:
         yield driver
     finally:
