@@ -97,7 +97,8 @@ def _hash_one(job: tuple[str, str, int, str, int]) -> tuple[str, Features | str]
 
 def cache_path(p: DedupParams) -> Path:
     mode = "draft" if p.draft else "full"
-    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-v1.npz"
+    # v2: features from a reduced working copy (pipeline/dedup_index.py); v1 files are stale.
+    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-v2.npz"
 
 
 def _read_cache(path: Path) -> dict[str, Features | str]:

@@ -39,6 +39,7 @@ HASHES: dict[str, Callable[..., imagehash.ImageHash]] = {
 # benchmarks/dedup_quality.py: pHash recall at 8 bits goes from 0.84 to 0.91.
 PROBE = (0.04, 0.04, 0.96, 0.96)
 THUMB = 32
+WORK_SIDE = 128  # features() works on a copy reduced to about this shorter side
 SHIFT = 2  # pixels of the 32x32 thumbnail a crop may move the content
 FOREGROUND = 40  # summed |RGB - background| above which a thumbnail pixel is foreground
 
@@ -52,13 +53,27 @@ class Features:
 
 
 def features(img: Image.Image, hash_name: str = "phash", hash_size: int = 8) -> Features:
-    """Hash `img` (RGB) and its centre-crop probe, and make both verification thumbnails."""
+    """Hash `img` (RGB) and its centre-crop probe, and make both verification thumbnails.
+
+    Everything comes from one working copy, box-reduced by an integer factor to a
+    shorter side of at least WORK_SIDE (and 16x the hash side), and one greyscale
+    conversion of it: the four resizes to 32 px were most of the time, and from a
+    full-size image they cost several times more, for the same precision and
+    recall on benchmarks/dedup_quality.py (README).
+    """
     fn = HASHES[hash_name]
+    factor = min(img.size) // max(WORK_SIDE, 16 * hash_size)
+    if factor >= 2:
+        img = img.reduce(factor)
     w, h = img.size
     box = (round(PROBE[0] * w), round(PROBE[1] * h), round(PROBE[2] * w), round(PROBE[3] * h))
-    probe = img.crop(box) if box[2] > box[0] and box[3] > box[1] else img
-    hashes = np.stack([fn(x, hash_size=hash_size).hash.reshape(-1) for x in (img, probe)])
-    thumbs = np.stack([np.asarray(x.resize((THUMB, THUMB), Image.Resampling.BOX)) for x in (img, probe)])
+    if not (box[2] > box[0] and box[3] > box[1]):
+        box = (0, 0, w, h)
+    grey = img.convert("L")
+    hashes = np.stack([fn(x, hash_size=hash_size).hash.reshape(-1) for x in (grey, grey.crop(box))])
+    thumbs = np.stack(
+        [np.asarray(img.resize((THUMB, THUMB), Image.Resampling.BOX, box=b)) for b in (None, box)]
+    )
     return Features(hashes.astype(bool), thumbs.astype(np.uint8))
 
 
@@ -78,23 +93,43 @@ def hamming(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x ^ y).sum(axis=-1, dtype=np.int64)
 
 
-def _plan(n: int, bits: int, threshold: int) -> tuple[list[tuple[int, int]], int]:
-    """Split the bits into m chunks; pairs within `threshold` agree within r = threshold // m
-    bits on at least one chunk (pigeonhole). Pick m with the least estimated work:
-    lookups (flips per chunk) plus candidates (flips times bucket occupancy)."""
+def _radii(sizes: list[int], threshold: int) -> list[int]:
+    """Per-chunk search radii r_c with sum(r_c) = threshold - m + 1 (at least 0 each).
+
+    Exact: a pair with every chunk distance >= r_c + 1 is at least sum(r_c) + m =
+    threshold + 1 bits apart (the generalised pigeonhole of GPH, Qin et al. 2018).
+    Split evenly, some radii are one less than plain pigeonhole's threshold // m,
+    which cuts the bit flips to try (64 bits, 3 chunks, 10 bits: 3,378, not 4,918).
+    The smaller radii go to the larger chunks."""
+    m = len(sizes)
+    total = max(0, threshold - m + 1)
+    radii = [total // m] * m
+    for c in sorted(range(m), key=lambda c: sizes[c])[: total % m]:
+        radii[c] += 1
+    return radii
+
+
+def _flip_count(b: int, r: int) -> int:
+    return sum(math.comb(b, k) for k in range(r + 1))
+
+
+def _plan(n: int, bits: int, threshold: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Split the bits into m chunks with radii (see _radii). Pick m with the least
+    estimated work: lookups (flips per chunk) plus candidates (flips times bucket occupancy)."""
     best = None
-    for m in range(1, min(bits, threshold + 1) + 1):
-        b = math.ceil(bits / m)
-        if b > 26:
+    for m in range(1, bits + 1):
+        edges = np.linspace(0, bits, m + 1).round().astype(int).tolist()
+        sizes = [hi - lo for lo, hi in itertools.pairwise(edges)]
+        if max(sizes) > 26:
             continue
-        r = threshold // m
-        flips = sum(math.comb(b, k) for k in range(r + 1))
-        cost = m * flips * (1 + n / 2**b)
+        radii = _radii(sizes, threshold)
+        cost = sum(_flip_count(b, r) * (1 + n / 2**b) for b, r in zip(sizes, radii, strict=True))
         if best is None or cost < best[0]:
-            best = (cost, m)
-    m = best[1] if best else math.ceil(bits / 26)
-    edges = np.linspace(0, bits, m + 1).round().astype(int)
-    return list(itertools.pairwise(edges.tolist())), threshold // m
+            best = (cost, list(itertools.pairwise(edges)), radii)
+        if m > threshold:
+            break  # every radius is 0 from here on: more chunks only add lookups
+    assert best is not None
+    return best[1], best[2]
 
 
 def _keys(bits: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
@@ -128,9 +163,8 @@ def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """
     c, flips = task
     j = _JOB
-    counts, starts, order, qorder, qsorted, low = j["chunks"][c]
-    masks, r, t = j["masks"], j["r"], j["threshold"]
-    queries, items, self_join = j["queries"], j["items"], j["self_join"]
+    counts, starts, order, qorder, qsorted, low, queries, items = j["chunks"][c]
+    masks, radii, t, self_join = j["masks"], j["radii"], j["threshold"], j["self_join"]
     qs, its = [], []
     for f in flips:
         if self_join and f:
@@ -146,21 +180,34 @@ def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
         if not len(hit):
             continue
         cn = cnt[hit]
-        qid = qorder[hit if qpos is None else qpos[hit]]
-        qrep = np.repeat(qid, cn)
-        first = np.repeat(starts[k[hit]] - (np.cumsum(cn) - cn), cn)
-        it = order[first + np.arange(len(qrep))]
-        x = queries[qrep] ^ items[it]
-        ok = np.bitwise_count(x).sum(axis=1) <= t
+        # Positions in key order of each candidate's query and item.
+        qp = np.repeat(hit if qpos is None else qpos[hit], cn)
+        ip = np.repeat(starts[k[hit]] - (np.cumsum(cn) - cn), cn) + np.arange(len(qp))
+        x = queries[qp] ^ items[ip]
+        ok = np.flatnonzero(_popcount(x) <= t)
+        qrep, it, x = qorder[qp[ok]], order[ip[ok]], x[ok]
         if self_join and f == 0:
-            ok &= qrep < it
-        for c2 in range(c):  # found already through an earlier chunk
-            ok &= np.bitwise_count(x & masks[c2]).sum(axis=1) > r
-        qs.append(qrep[ok])
-        its.append(it[ok])
+            low_first = qrep < it
+            qrep, it, x = qrep[low_first], it[low_first], x[low_first]
+        if c:  # drop the pairs an earlier chunk finds
+            new = np.ones(len(x), bool)
+            for c2 in range(c):
+                new &= _popcount(x & masks[c2]) > radii[c2]
+            qrep, it = qrep[new], it[new]
+        qs.append(qrep)
+        its.append(it)
     if not qs:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate(qs).astype(np.int64), np.concatenate(its).astype(np.int64)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x) if x.ndim == 1 else np.bitwise_count(x).sum(axis=1, dtype=np.int64)
+
+
+def _flat(packed: np.ndarray) -> np.ndarray:
+    # One word per hash (64 bits or fewer): 1-D arrays skip a sum over an axis of 1.
+    return packed[:, 0].copy() if packed.shape[1] == 1 else packed
 
 
 def near_pairs(
@@ -174,9 +221,12 @@ def near_pairs(
     self_join = queries is None
     queries = items if self_join else queries
     n, bits = items.shape
-    chunks, r = _plan(n, bits, threshold)
+    chunks, radii = _plan(n, bits, threshold)
     ikeys = _keys(items, chunks)
     qkeys = ikeys if self_join else _keys(queries, chunks)
+    pitems = _flat(pack(items))
+    pqueries = pitems if self_join else _flat(pack(queries))
+    words = -(-bits // 64)
     tables = []
     for c, (lo, hi) in enumerate(chunks):
         counts = np.bincount(ikeys[:, c], minlength=1 << (hi - lo)).astype(np.int32)
@@ -185,20 +235,18 @@ def near_pairs(
         qorder = order if self_join else np.argsort(qkeys[:, c], kind="stable")
         qsorted = qkeys[qorder, c].astype(np.int32)
         low = [np.flatnonzero((qsorted >> b) & 1 == 0) for b in range(hi - lo)] if self_join else []
-        tables.append((counts, starts, order, qorder, qsorted, low))
-    pitems = pack(items)
+        # The hashes in key order too: a bucket's candidates lie in consecutive memory.
+        tables.append((counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order]))
     _JOB.update(
         chunks=tables,
-        masks=_chunk_masks(chunks, pitems.shape[1]),
-        r=r,
+        masks=_flat(_chunk_masks(chunks, words)),
+        radii=radii,
         threshold=threshold,
-        items=pitems,
-        queries=pitems if self_join else pack(queries),
         self_join=self_join,
     )
     tasks = []
     for c, (lo, hi) in enumerate(chunks):
-        fl = _flips(hi - lo, r)
+        fl = _flips(hi - lo, radii[c])
         step = max(1, len(fl) // (4 * max(1, workers)))
         tasks += [(c, fl[i : i + step]) for i in range(0, len(fl), step)]
     try:
@@ -249,6 +297,82 @@ def _background(x: np.ndarray) -> np.ndarray:
     return np.median(border, axis=1)
 
 
+def _rgb_sum(x: np.ndarray) -> np.ndarray:
+    # numpy reduces a length-3 last axis slowly; three adds are several times faster.
+    return x[..., 0] + x[..., 1] + x[..., 2]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything verification needs of a set of thumbnails that does not depend on the
+    pair: computed once per image, not once per candidate pair (images recur in pairs)."""
+
+    rgb: np.ndarray  # (u, 3, 32, 32) float32, channels first: windows gather whole rows
+    grey: np.ndarray  # (u, 32, 32) float32, R+G+B
+    inner: np.ndarray  # (u, n, n) float32: the grey inner window, zero mean, unit norm
+    fg: np.ndarray  # (u, 32, 32) bool: differs from the border colour
+    mean: np.ndarray  # (u,) mean of the inner window's RGB
+    wmean: np.ndarray  # (u, shifts) mean RGB of each shifted window
+    norm: np.ndarray  # (u, shifts) centred L2 norm of each shifted grey window
+
+
+def _prepare(t: np.ndarray) -> _Prepared:
+    f = t.astype(np.float32)
+    u, n = len(f), f.shape[1] - 2 * SHIFT
+    grey = _rgb_sum(f)
+    ig = grey[:, SHIFT:-SHIFT, SHIFT:-SHIFT].reshape(u, -1)
+    ig = ig - ig.mean(axis=1, keepdims=True)
+    ig /= np.sqrt((ig * ig).sum(axis=1, keepdims=True)) + 1e-3
+    # Every shifted window's sum at once: W @ grey @ W.T, W selecting each shift's rows.
+    side = 2 * SHIFT + 1
+    r, dy = np.arange(f.shape[1]), np.arange(side)[:, None]
+    w = (r >= dy) & (r < dy + n)  # (side, 32)
+    # float64: s2 - s²/n² cancels badly in float32 on near-flat windows.
+    g64, w = grey.astype(np.float64), w.astype(np.float64)
+    s = (w @ g64 @ w.T).reshape(u, -1)
+    s2 = (w @ (g64 * g64) @ w.T).reshape(u, -1)
+    norm = (np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3).astype(np.float32)
+    s = s.astype(np.float32)
+    fg = _rgb_sum(np.abs(f - _background(f)[:, None, None])) > FOREGROUND
+    mean = f[:, SHIFT:-SHIFT, SHIFT:-SHIFT].reshape(u, -1).mean(axis=1)
+    return _Prepared(
+        np.ascontiguousarray(f.transpose(0, 3, 1, 2)),
+        grey,
+        ig.reshape(u, n, n),
+        fg,
+        mean,
+        s / (n * n * 3),
+        norm,
+    )
+
+
+def _compare(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """verify() on prepared thumbnails: pairs (pa[ia[k]], pb[ib[k]])."""
+    p = len(ia)
+    n = pa.inner.shape[1]
+    side = 2 * SHIFT + 1
+    ig, grey = pa.inner[ia], pb.grey[ib]
+    corr = np.empty((p, side * side), np.float32)
+    for k in range(side * side):
+        dy, dx = divmod(k, side)
+        corr[:, k] = np.einsum("pij,pij->p", ig, grey[:, dy : dy + n, dx : dx + n])
+    corr /= pb.norm[ib]
+    best = corr.argmax(axis=1)
+    rows = np.arange(p)
+    score = corr[rows, best]
+    # Colour: at the best shift, over the pixels that are foreground in either thumbnail.
+    dy, dx = np.divmod(best, side)
+    bw = np.lib.stride_tricks.sliding_window_view(pb.rgb, (n, n), axis=(2, 3))[ib, :, dy, dx]
+    fb = np.lib.stride_tricks.sliding_window_view(pb.fg, (n, n), axis=(1, 2))[ib, dy, dx]
+    mask = (pa.fg[ia, SHIFT:-SHIFT, SHIFT:-SHIFT] | fb).reshape(p, -1)
+    gain = pa.mean[ia] / (pb.wmean[ib, best] + 1e-3)
+    aw = pa.rgb[ia, :, SHIFT:-SHIFT, SHIFT:-SHIFT]
+    d = np.abs(aw - gain[:, None, None, None] * bw)
+    err = (d[:, 0] + d[:, 1] + d[:, 2]).reshape(p, -1) / 3
+    colour = (err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    return score, colour.astype(np.float32)
+
+
 def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compare thumbnails a[k] and b[k], each (P, 32, 32, 3) uint8.
 
@@ -259,48 +383,12 @@ def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if not len(a):
         return np.empty(0, np.float32), np.empty(0, np.float32)
-    a = a.astype(np.float32)
-    b = b.astype(np.float32)
-    p, t = len(a), a.shape[1]
-    n = t - 2 * SHIFT
-    inner = a[:, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    # The alignment search runs on grey (R+G+B): a third of the work; colour is judged below.
-    ig = inner.sum(axis=3).reshape(p, -1)
-    ig -= ig.mean(axis=1, keepdims=True)
-    ig /= np.sqrt((ig * ig).sum(axis=1, keepdims=True)) + 1e-3
-    ig = ig.reshape(p, n, n)
-    grey = b.sum(axis=3)
-    # Window sums by integral images, so each shift costs one multiply-add pass.
-    ii = np.pad(grey.cumsum(2).cumsum(1), ((0, 0), (1, 0), (1, 0)))
-    ii2 = np.pad((grey * grey).cumsum(2).cumsum(1), ((0, 0), (1, 0), (1, 0)))
-    side = 2 * SHIFT + 1
-    corr = np.empty((p, side * side), np.float32)
-    for k in range(side * side):
-        dy, dx = divmod(k, side)
-        win = grey[:, dy : dy + n, dx : dx + n]
-        s = ii[:, dy + n, dx + n] - ii[:, dy, dx + n] - ii[:, dy + n, dx] + ii[:, dy, dx]
-        s2 = ii2[:, dy + n, dx + n] - ii2[:, dy, dx + n] - ii2[:, dy + n, dx] + ii2[:, dy, dx]
-        norm = np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3
-        corr[:, k] = np.einsum("pij,pij->p", ig, win) / norm
-    best = corr.argmax(axis=1)
-    rows = np.arange(p)
-    score = corr[rows, best]
-    # Colour: at the best shift, over the pixels that are foreground in either thumbnail.
-    dy, dx = np.divmod(best, side)
-    windows = np.lib.stride_tricks.sliding_window_view(b, (n, n), axis=(1, 2))  # p, s, s, 3, n, n
-    bw = windows[rows, dy, dx].transpose(0, 2, 3, 1)
-    fa = (np.abs(inner - _background(a)[:, None, None]).sum(axis=3) > FOREGROUND).reshape(p, -1)
-    fb = (np.abs(bw - _background(b)[:, None, None]).sum(axis=3) > FOREGROUND).reshape(p, -1)
-    mask = fa | fb
-    aw, bw = inner.reshape(p, -1), bw.reshape(p, -1)
-    gain = aw.mean(axis=1) / (bw.mean(axis=1) + 1e-3)
-    err = np.abs(aw - gain[:, None] * bw).reshape(p, -1, 3).mean(axis=2)
-    colour = (err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
-    return score, colour.astype(np.float32)
+    k = np.arange(len(a))
+    return _compare(_prepare(a), k, _prepare(b), k)
 
 
 def verify_pairs(
-    thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, workers: int = 1, block: int = 2048
+    thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, workers: int = 1, block: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)): own thumbnails, then each
     against the other's centre crop, keeping the best correlation and the smallest
@@ -309,11 +397,10 @@ def verify_pairs(
     if workers > 1 and len(a) > 8 * block and "fork" in multiprocessing.get_all_start_methods():
         _JOB["thumbs"] = thumbs
         try:
-            cuts = range(0, len(a), 4 * block)
+            size = max(block, -(-len(a) // (4 * workers)))
+            cuts = range(0, len(a), size)
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.starmap(
-                    _verify_part, [(a[s : s + 4 * block], b[s : s + 4 * block]) for s in cuts]
-                )
+                parts = pool.starmap(_verify_part, [(a[s : s + size], b[s : s + size]) for s in cuts])
         finally:
             _JOB.clear()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -321,12 +408,18 @@ def verify_pairs(
     colour = np.empty(len(a), np.float32)
     for s in range(0, len(a), block):
         x, y = a[s : s + block], b[s : s + block]
-        best, diff = verify(thumbs[x, 0], thumbs[y, 0])
+        # Each image once per block, however many of its pairs the block holds.
+        ids, inv = np.unique(np.concatenate([x, y]), return_inverse=True)
+        ix, iy = inv[: len(x)], inv[len(x) :]
+        own = _prepare(thumbs[ids, 0])
+        best, diff = _compare(own, ix, own, iy)
         # The centre crops only matter where the whole thumbnails disagree.
         again = np.flatnonzero((best < 0.95) | (diff > 16))
-        for i, j in ((0, 1), (1, 0)):
-            sc, co = verify(thumbs[x[again], i], thumbs[y[again], j])
-            best[again], diff[again] = np.maximum(best[again], sc), np.minimum(diff[again], co)
+        if len(again):
+            crop = _prepare(thumbs[ids, 1])
+            for pi, pj in ((own, crop), (crop, own)):
+                sc, co = _compare(pi, ix[again], pj, iy[again])
+                best[again], diff[again] = np.maximum(best[again], sc), np.minimum(diff[again], co)
         score[s : s + block], colour[s : s + block] = best, diff
     return score, colour
 
@@ -371,12 +464,21 @@ def group(
         worse, better = np.where(swap, b, a), np.where(swap, a, b)
         order = np.lexsort((d, rank[worse]))
         worse, better, d = worse[order], better[order], d[order]
-        # One vectorised verification of every candidate pair; a pair whose better image
-        # turns out not to be kept is then simply not used.
-        sc, co = verifier(worse, better)
-        ok = (sc >= min_score) & (co <= max_colour_diff)
+        # Verified in a few large vectorised slices; before each, the pairs whose better
+        # image has already joined another (so is not kept, for good) are left out.
+        sc = np.full(len(worse), np.nan, np.float32)
+        co = np.full(len(worse), np.nan, np.float32)
+        ok = np.zeros(len(worse), bool)
+        done, step = 0, max(16384, -(-len(worse) // 8))
         cut = np.flatnonzero(np.diff(worse)) + 1
         for start, stop in zip(np.r_[0, cut], np.r_[cut, len(worse)], strict=True):
+            if stop > done:
+                k = np.searchsorted(cut, done + step)
+                end = int(cut[k]) if k < len(cut) else len(worse)
+                need = np.flatnonzero(leader[better[done:end]] == better[done:end]) + done
+                sc[need], co[need] = verifier(worse[need], better[need])
+                ok[need] = (sc[need] >= min_score) & (co[need] <= max_colour_diff)
+                done = end
             w = worse[start]
             bs, s, c, good = better[start:stop], sc[start:stop], co[start:stop], ok[start:stop]
             live = leader[bs] == bs
