@@ -464,7 +464,10 @@ class _Logger:
         except ImportError:
             log.info("train: dvclive not installed; metrics are not logged")
             return
-        self.live = Live(str(paths.DVCLIVE), dvcyaml=None, save_dvc_exp=False, resume=resume)
+        try:
+            self.live = Live(str(paths.DVCLIVE), dvcyaml=None, save_dvc_exp=False, resume=resume)
+        except Exception as exc:  # e.g. scmrepo's "Empty git repo" before the first commit
+            log.warning("train: DVCLive could not start (%s); metrics are not logged", exc)
 
     def log(self, step: int, metrics: dict[str, float], images: dict[str, Image.Image] | None = None) -> None:
         if self.live is None:
