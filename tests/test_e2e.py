@@ -76,20 +76,13 @@ def test_editing_the_manifest_reruns_from_curate(project):
     assert victim not in (root / "data/curated/accepted.csv").read_text()
 
 
-def test_a_sample_param_reruns_only_sample(project):
+@pytest.mark.parametrize("section", ["sample", "evaluate"])
+def test_a_stage_param_reruns_only_that_stage(project, section):
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["sample"]["seed"] = 7
+    params[section]["seed"] = 7
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(sh("dvc", "repro", cwd=root)) == ["sample"]
-
-
-def test_an_evaluate_param_reruns_only_evaluate(project):
-    root, _ = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["evaluate"]["seed"] = 7
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(sh("dvc", "repro", cwd=root)) == ["evaluate"]
+    assert ran(sh("dvc", "repro", cwd=root)) == [section]
 
 
 def test_exp_run_reruns_train_onward_and_is_listed(project):

@@ -291,18 +291,22 @@ def test_server_writes_only_the_manifest_and_its_cache(client, data, in_tmp):
     assert changed == {str(paths.MANIFEST)}
 
 
-def test_cli_serves_on_a_free_port_and_refuses_a_busy_one(data, in_tmp, capsys):
+def start_review(cwd) -> tuple[subprocess.Popen, str]:
+    """`python -m pipeline review` on a free port in `cwd`; returns the process and its URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "review", "--port", "0", "--no-browser"],
-        cwd=in_tmp,
+        cwd=cwd,
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    return proc, re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
+
+
+def test_cli_serves_on_a_free_port_and_refuses_a_busy_one(data, in_tmp, capsys):
+    proc, url = start_review(in_tmp)
     try:
-        line = proc.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
         with urllib.request.urlopen(url + "api/state", timeout=10) as r:
             assert r.status == 200
     finally:

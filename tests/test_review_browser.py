@@ -4,17 +4,14 @@ REVIEW_SCREENSHOT=docs/review.png also writes the screenshot the README shows.
 """
 
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
 from pipeline import paths
 from tests.browser import chrome, needs_chromium, wait_for
-from tests.conftest import ROOT, env
-from tests.test_review_api import make_dataset, rows
+from tests.conftest import ROOT
+from tests.test_review_api import make_dataset, rows, start_review
 
 pytestmark = needs_chromium
 
@@ -22,16 +19,8 @@ pytestmark = needs_chromium
 @pytest.fixture
 def server(tmp_path):
     data = make_dataset(tmp_path, count=30)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "review", "--port", "0", "--no-browser"],
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, url = start_review(tmp_path)
     try:
-        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
         yield url, tmp_path, data
     finally:
         proc.terminate()
