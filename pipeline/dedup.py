@@ -27,12 +27,13 @@ import html
 import io
 import json
 import logging
+import math
 import multiprocessing
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline import paths
@@ -44,11 +45,13 @@ from pipeline.dedup_index import (
     features,
     group,
     verify_pairs,
+    work_side,
 )
 from pipeline.images import (
     ImageError,
     atomic_open,
     contact_sheet,
+    decode,
     load_rgb,
     read_csv,
     save_image_atomic,
@@ -66,39 +69,26 @@ SHEET_GROUPS = 60  # groups.png shows the largest ones; report.html shows them a
 REJECTED_SHOWN = 40
 
 
-def _load(path: Path, draft: int) -> Image.Image:
-    """load_rgb, but a JPEG is decoded at reduced size (Pillow draft) when `draft` > 0.
-
-    Any problem falls back to load_rgb, which gives the reason the file is unusable.
-    """
-    if draft:
-        try:
-            with Image.open(path) as img:
-                if img.format == "JPEG":
-                    img.draft("RGB", (draft, draft))
-                    img.load()
-                    return ImageOps.exif_transpose(img).convert("RGB")
-        except Exception:
-            pass
-    return load_rgb(path)
+def _load(path: Path, draft: bool, hash_size: int) -> Image.Image:
+    """load_rgb; with `draft`, a JPEG is decoded at the power-of-two part of the box
+    reduction features() applies next (Pillow draft): the same working size, in less time."""
+    if not draft:
+        return load_rgb(path)
+    return decode(path, box_factor_for=work_side(hash_size)).image
 
 
-def _draft_size(p: DedupParams) -> int:
-    return max(256, 32 * p.hash_size) if p.draft else 0
-
-
-def _hash_one(job: tuple[str, str, int, str, int]) -> tuple[str, Features | str]:
+def _hash_one(job: tuple[str, str, bool, str, int]) -> tuple[str, Features | str]:
     sha, path, draft, hash_name, hash_size = job
     try:
-        return sha, features(_load(Path(path), draft), hash_name, hash_size)
+        return sha, features(_load(Path(path), draft, hash_size), hash_name, hash_size)
     except ImageError as exc:
         return sha, exc.reason
 
 
 def cache_path(p: DedupParams) -> Path:
     mode = "draft" if p.draft else "full"
-    # v2: features from a reduced working copy (pipeline/dedup_index.py); v1 files are stale.
-    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-v2.npz"
+    # v3: hashes from the box thumbnails (pipeline/dedup_index.py); older files are stale.
+    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-v3.npz"
 
 
 def _read_cache(path: Path) -> dict[str, Features | str]:
@@ -152,7 +142,7 @@ def hash_all(rows: list[dict], raw: Path, p: DedupParams) -> tuple[dict[str, Fea
 
 def hash_files(files: dict[str, str], p: DedupParams) -> dict[str, Features | str]:
     """Features, or the reason a file is unusable, for {sha256: path}; `dedup.workers` processes."""
-    jobs = [(sha, f, _draft_size(p), p.hash, p.hash_size) for sha, f in files.items()]
+    jobs = [(sha, f, p.draft, p.hash, p.hash_size) for sha, f in files.items()]
     workers = min(default_workers(p.workers), max(1, len(jobs) // 32))
     feats: dict[str, Features | str] = {}
     with tqdm(total=len(jobs), desc="dedup (hashing)", unit="img") as bar:
@@ -175,7 +165,7 @@ def group_features(hashes: np.ndarray, thumbs: np.ndarray, p: DedupParams) -> tu
     """Search candidates and group images given best first; returns the grouping and the
     number of candidate pairs."""
     pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers))
-    verifier = partial(verify_pairs, thumbs, workers=default_workers(p.workers))
+    verifier = partial(verify_pairs, thumbs, workers=default_workers(p.workers), min_score=p.min_score)
     return group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff), len(pairs[0])
 
 
@@ -365,12 +355,15 @@ def _report_html(
         parts.append("</div>")
     parts.append(
         f"<h2>Closest rejected pairs ({len(rejected)})</h2><p>Within the hash threshold but not "
-        "verified: if these are copies, loosen min_score or max_colour_diff.</p>"
+        "verified: if these are copies, loosen min_score or max_colour_diff (c = –: the "
+        "correlation failed, so the colour was not measured).</p>"
     )
     for a, b, d, s, c in rejected:
         parts.append("<div class='row'>")
         parts.append(_card(raw, by_id[a], "kept", True))
-        parts.append(_card(raw, by_id[b], f"d={d} r={s:.3f} c={c:.1f}"))
+        # c is only measured for pairs whose correlation passes (NaN otherwise).
+        colour = "–" if math.isnan(c) else f"{c:.1f}"
+        parts.append(_card(raw, by_id[b], f"d={d} r={s:.3f} c={colour}"))
         parts.append("</div>")
     if unreadable:
         parts.append(f"<h2>Unreadable files ({len(unreadable)})</h2><ul>")

@@ -52,28 +52,37 @@ class Features:
     thumbs: np.ndarray  # (2, 32, 32, 3) uint8: the image, then its centre crop
 
 
+def work_side(hash_size: int) -> int:
+    """features() box-reduces by the integer factor shorter_side // work_side(hash_size)."""
+    return max(WORK_SIDE, 16 * hash_size)
+
+
 def features(img: Image.Image, hash_name: str = "phash", hash_size: int = 8) -> Features:
     """Hash `img` (RGB) and its centre-crop probe, and make both verification thumbnails.
 
     Everything comes from one working copy, box-reduced by an integer factor to a
-    shorter side of at least WORK_SIDE (and 16x the hash side), and one greyscale
-    conversion of it: the four resizes to 32 px were most of the time, and from a
-    full-size image they cost several times more, for the same precision and
-    recall on benchmarks/dedup_quality.py (README).
+    shorter side of at least WORK_SIDE (and 16x the hash side). The hashes are taken
+    from the greyscale of the 32x32 box thumbnails when the hash needs no more pixels
+    than that (phash at hash_size 8 resizes to 32x32 itself): resizing was most of the
+    time, and box instead of Lanczos before the DCT left precision and recall on
+    benchmarks/dedup_quality.py unchanged (README).
     """
     fn = HASHES[hash_name]
-    factor = min(img.size) // max(WORK_SIDE, 16 * hash_size)
+    factor = min(img.size) // work_side(hash_size)
     if factor >= 2:
         img = img.reduce(factor)
     w, h = img.size
     box = (round(PROBE[0] * w), round(PROBE[1] * h), round(PROBE[2] * w), round(PROBE[3] * h))
     if not (box[2] > box[0] and box[3] > box[1]):
         box = (0, 0, w, h)
-    grey = img.convert("L")
-    hashes = np.stack([fn(x, hash_size=hash_size).hash.reshape(-1) for x in (grey, grey.crop(box))])
-    thumbs = np.stack(
-        [np.asarray(img.resize((THUMB, THUMB), Image.Resampling.BOX, box=b)) for b in (None, box)]
-    )
+    small = [img.resize((THUMB, THUMB), Image.Resampling.BOX, box=b) for b in (None, box)]
+    if 4 * hash_size <= THUMB:
+        sources = [s.convert("L") for s in small]
+    else:
+        grey = img.convert("L")
+        sources = [grey, grey.crop(box)]
+    hashes = np.stack([fn(s, hash_size=hash_size).hash.reshape(-1) for s in sources])
+    thumbs = np.stack([np.asarray(s) for s in small])
     return Features(hashes.astype(bool), thumbs.astype(np.uint8))
 
 
@@ -303,74 +312,75 @@ def _rgb_sum(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """Everything verification needs of a set of thumbnails that does not depend on the
-    pair: computed once per image, not once per candidate pair (images recur in pairs)."""
+class _Grey:
+    """What the correlation needs of a set of thumbnails: computed once per image, not
+    once per candidate pair (images recur in pairs)."""
 
-    rgb: np.ndarray  # (u, 3, 32, 32) float32, channels first: windows gather whole rows
     grey: np.ndarray  # (u, 32, 32) float32, R+G+B
     inner: np.ndarray  # (u, n, n) float32: the grey inner window, zero mean, unit norm
-    fg: np.ndarray  # (u, 32, 32) bool: differs from the border colour
-    mean: np.ndarray  # (u,) mean of the inner window's RGB
-    wmean: np.ndarray  # (u, shifts) mean RGB of each shifted window
     norm: np.ndarray  # (u, shifts) centred L2 norm of each shifted grey window
+    wsum: np.ndarray  # (u, shifts) sum of each shifted grey window
 
 
-def _prepare(t: np.ndarray) -> _Prepared:
-    f = t.astype(np.float32)
-    u, n = len(f), f.shape[1] - 2 * SHIFT
-    grey = _rgb_sum(f)
+def _prepare_grey(t: np.ndarray) -> _Grey:
+    grey = _rgb_sum(t.astype(np.float32))
+    u, n = len(grey), grey.shape[1] - 2 * SHIFT
     ig = grey[:, SHIFT:-SHIFT, SHIFT:-SHIFT].reshape(u, -1)
     ig = ig - ig.mean(axis=1, keepdims=True)
     ig /= np.sqrt((ig * ig).sum(axis=1, keepdims=True)) + 1e-3
     # Every shifted window's sum at once: W @ grey @ W.T, W selecting each shift's rows.
     side = 2 * SHIFT + 1
-    r, dy = np.arange(f.shape[1]), np.arange(side)[:, None]
+    r, dy = np.arange(grey.shape[1]), np.arange(side)[:, None]
     w = (r >= dy) & (r < dy + n)  # (side, 32)
     # float64: s2 - s²/n² cancels badly in float32 on near-flat windows.
     g64, w = grey.astype(np.float64), w.astype(np.float64)
     s = (w @ g64 @ w.T).reshape(u, -1)
     s2 = (w @ (g64 * g64) @ w.T).reshape(u, -1)
     norm = (np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3).astype(np.float32)
-    s = s.astype(np.float32)
-    fg = _rgb_sum(np.abs(f - _background(f)[:, None, None])) > FOREGROUND
-    mean = f[:, SHIFT:-SHIFT, SHIFT:-SHIFT].reshape(u, -1).mean(axis=1)
-    return _Prepared(
-        np.ascontiguousarray(f.transpose(0, 3, 1, 2)),
-        grey,
-        ig.reshape(u, n, n),
-        fg,
-        mean,
-        s / (n * n * 3),
-        norm,
-    )
+    return _Grey(grey, ig.reshape(u, n, n), norm, s.astype(np.float32))
 
 
-def _compare(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """verify() on prepared thumbnails: pairs (pa[ia[k]], pb[ib[k]])."""
-    p = len(ia)
+def _correlate(pa: _Grey, ia: np.ndarray, pb: _Grey, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best Pearson correlation of a's inner window with b's windows over the shifts, and
+    that shift's index."""
     n = pa.inner.shape[1]
     side = 2 * SHIFT + 1
     ig, grey = pa.inner[ia], pb.grey[ib]
-    corr = np.empty((p, side * side), np.float32)
+    corr = np.empty((len(ia), side * side), np.float32)
     for k in range(side * side):
         dy, dx = divmod(k, side)
         corr[:, k] = np.einsum("pij,pij->p", ig, grey[:, dy : dy + n, dx : dx + n])
     corr /= pb.norm[ib]
     best = corr.argmax(axis=1)
-    rows = np.arange(p)
-    score = corr[rows, best]
-    # Colour: at the best shift, over the pixels that are foreground in either thumbnail.
-    dy, dx = np.divmod(best, side)
-    bw = np.lib.stride_tricks.sliding_window_view(pb.rgb, (n, n), axis=(2, 3))[ib, :, dy, dx]
-    fb = np.lib.stride_tricks.sliding_window_view(pb.fg, (n, n), axis=(1, 2))[ib, dy, dx]
-    mask = (pa.fg[ia, SHIFT:-SHIFT, SHIFT:-SHIFT] | fb).reshape(p, -1)
-    gain = pa.mean[ia] / (pb.wmean[ib, best] + 1e-3)
-    aw = pa.rgb[ia, :, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    d = np.abs(aw - gain[:, None, None, None] * bw)
-    err = (d[:, 0] + d[:, 1] + d[:, 2]).reshape(p, -1) / 3
-    colour = (err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
-    return score, colour.astype(np.float32)
+    return corr[np.arange(len(ia)), best], best
+
+
+def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnails (u, 32, 32, 3) uint8 as float32, and their foreground: pixels that
+    differ from the border's median colour."""
+    f = t.astype(np.float32)
+    return f, _rgb_sum(np.abs(f - _background(f)[:, None, None])) > FOREGROUND
+
+
+def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] (inner window) and
+    f[ib[k]] (window at `shift`), after matching brightness, over the pixels that are
+    foreground in either: hashes and correlation see luminance only."""
+    p, n = len(ia), f.shape[1] - 2 * SHIFT
+    aw = f[ia, SHIFT:-SHIFT, SHIFT:-SHIFT]
+    faw = fg[ia, SHIFT:-SHIFT, SHIFT:-SHIFT]
+    bw = np.empty_like(aw)
+    fbw = np.empty_like(faw)
+    # Grouped by shift, each window is a plain slice: much cheaper than a per-pixel gather.
+    for k in np.unique(shift).tolist():
+        sel = np.flatnonzero(shift == k)
+        dy, dx = divmod(k, 2 * SHIFT + 1)
+        bw[sel] = f[ib[sel], dy : dy + n, dx : dx + n]
+        fbw[sel] = fg[ib[sel], dy : dy + n, dx : dx + n]
+    gain = aw.reshape(p, -1).mean(axis=1) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
+    err = _rgb_sum(np.abs(aw - gain[:, None, None, None] * bw)).reshape(p, -1) / 3
+    mask = (faw | fbw).reshape(p, -1)
+    return ((err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)).astype(np.float32)
 
 
 def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -384,48 +394,72 @@ def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not len(a):
         return np.empty(0, np.float32), np.empty(0, np.float32)
     k = np.arange(len(a))
-    return _compare(_prepare(a), k, _prepare(b), k)
+    score, shift = _correlate(_prepare_grey(a), k, _prepare_grey(b), k)
+    f, fg = _colour_prep(np.concatenate([a, b]))
+    return score, _colour(f, fg, k, k + len(a), shift)
+
+
+RECHECK = 0.95  # below this whole-thumbnail correlation, the centre crops are compared too
 
 
 def verify_pairs(
-    thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, workers: int = 1, block: int = 1024
+    thumbs: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    workers: int = 1,
+    min_score: float = -1.0,
+    block: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)): own thumbnails, then each
-    against the other's centre crop, keeping the best correlation and the smallest
-    colour difference. Works in blocks (on `workers` processes when there are many),
-    so memory stays small for any number of pairs."""
-    if workers > 1 and len(a) > 8 * block and "fork" in multiprocessing.get_all_start_methods():
+    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)).
+
+    The correlation is the best of: own thumbnails, and (where that is below RECHECK,
+    as after a crop) each against the other's centre crop. The colour difference is
+    measured at that best comparison and shift, only for pairs scoring at least
+    `min_score` (NaN for the others: they fail anyway). Works in blocks (on `workers`
+    processes when there are many), so memory stays small for any number of pairs.
+    """
+    if workers > 1 and len(a) > 4 * block and "fork" in multiprocessing.get_all_start_methods():
         _JOB["thumbs"] = thumbs
         try:
-            size = max(block, -(-len(a) // (4 * workers)))
+            size = max(block, -(-len(a) // (2 * workers)))
             cuts = range(0, len(a), size)
+            jobs = [(a[s : s + size], b[s : s + size], min_score) for s in cuts]
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.starmap(_verify_part, [(a[s : s + size], b[s : s + size]) for s in cuts])
+                parts = pool.starmap(_verify_part, jobs)
         finally:
             _JOB.clear()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     score = np.empty(len(a), np.float32)
-    colour = np.empty(len(a), np.float32)
+    colour = np.full(len(a), np.nan, np.float32)
     for s in range(0, len(a), block):
         x, y = a[s : s + block], b[s : s + block]
         # Each image once per block, however many of its pairs the block holds.
         ids, inv = np.unique(np.concatenate([x, y]), return_inverse=True)
         ix, iy = inv[: len(x)], inv[len(x) :]
-        own = _prepare(thumbs[ids, 0])
-        best, diff = _compare(own, ix, own, iy)
-        # The centre crops only matter where the whole thumbnails disagree.
-        again = np.flatnonzero((best < 0.95) | (diff > 16))
+        own = _prepare_grey(thumbs[ids, 0])
+        best, shift = _correlate(own, ix, own, iy)
+        which = np.zeros(len(x), np.int8)  # 0 own~own, 1 own~crop, 2 crop~own
+        again = np.flatnonzero(best < RECHECK)
         if len(again):
-            crop = _prepare(thumbs[ids, 1])
-            for pi, pj in ((own, crop), (crop, own)):
-                sc, co = _compare(pi, ix[again], pj, iy[again])
-                best[again], diff[again] = np.maximum(best[again], sc), np.minimum(diff[again], co)
-        score[s : s + block], colour[s : s + block] = best, diff
+            crop = _prepare_grey(thumbs[ids, 1])
+            for w, (pi, pj) in enumerate(((own, crop), (crop, own)), start=1):
+                sc, sh = _correlate(pi, ix[again], pj, iy[again])
+                better = sc > best[again]
+                best[again[better]], shift[again[better]], which[again[better]] = sc[better], sh[better], w
+        score[s : s + block] = best
+        sure = np.flatnonzero(best >= min_score)
+        if len(sure):
+            # Thumbnails as rows of (n * 2): image i's own is 2i, its centre crop 2i + 1.
+            ka = 2 * x[sure] + (which[sure] == 2)
+            kb = 2 * y[sure] + (which[sure] == 1)
+            keys, inv = np.unique(np.concatenate([ka, kb]), return_inverse=True)
+            f, fg = _colour_prep(thumbs.reshape(-1, *thumbs.shape[2:])[keys])
+            colour[s + sure] = _colour(f, fg, inv[: len(sure)], inv[len(sure) :], shift[sure])
     return score, colour
 
 
-def _verify_part(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return verify_pairs(_JOB["thumbs"], a, b)
+def _verify_part(a: np.ndarray, b: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+    return verify_pairs(_JOB["thumbs"], a, b, min_score=min_score)
 
 
 # --- grouping ---------------------------------------------------------------------------

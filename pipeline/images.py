@@ -11,7 +11,10 @@ Callers that will shrink the picture anyway (resize, thumbnails) pass
 `reduce_for`: JPEGs are then decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
 scaling, "draft" mode) and other formats box-reduced, always keeping at least
 `reducing_gap` times the final size so that the final Lanczos pass decides
-the quality.
+the quality. Callers that box-reduce by the integer factor shorter_side // n
+themselves (dedup) pass `box_factor_for=n` instead: a JPEG is then decoded at
+the largest power-of-two part of that factor, so the caller's own factor,
+computed the same way on the result, completes the same total reduction.
 
 Writing is atomic (temp file + rename), so an interrupted stage never leaves a
 corrupt output behind.
@@ -325,6 +328,7 @@ def decode(
     reduce_for: int | None = None,
     cover: bool = False,
     reducing_gap: float = REDUCING_GAP,
+    box_factor_for: int | None = None,
 ) -> Decoded:
     """Decode any supported image into upright sRGB RGB, alpha flattened onto `background`.
 
@@ -332,7 +336,8 @@ def decode(
     side (with `cover=True`, the shorter side) becomes `n` pixels; decoding
     may then shrink the picture while that side stays at least
     `reducing_gap * n`. Raises ImageError with the reason when the file cannot
-    be used.
+    be used. With `box_factor_for=n` (and no `reduce_for`) a JPEG is decoded at
+    1/k, k the largest power of two (up to 8) that divides min(size) // n.
     """
     path = Path(path)
     with _reading(path), Image.open(path) as img:
@@ -346,6 +351,14 @@ def decode(
             r = keep / side
             if r < 0.5:
                 drafted = img.draft(None, (math.ceil(stored[0] * r), math.ceil(stored[1] * r)))
+                if drafted is not None:
+                    box = drafted[1]
+        elif box_factor_for and img.format == "JPEG":
+            f = min(stored) // box_factor_for
+            k = min(f & -f, 8)
+            if k >= 2:
+                # Pillow picks the largest scale s with stored // s >= the size asked for.
+                drafted = img.draft(None, (stored[0] // k, stored[1] // k))
                 if drafted is not None:
                     box = drafted[1]
         img.load()

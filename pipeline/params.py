@@ -75,7 +75,7 @@ class DedupParams:
     hash: Literal["phash", "dhash", "whash", "ahash"] = "phash"
     hash_size: int = 8
     threshold: int = 10
-    min_score: float = 0.85
+    min_score: float = 0.8
     max_colour_diff: float = 28.0
     keep: Literal["largest", "earliest"] = "largest"
     workers: int = 0

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from pipeline import dedup, download, synthetic
 from pipeline.dedup_index import candidate_pairs, features, group, hamming, near_pairs, pack, verify_pairs
-from pipeline.images import sha256_file, write_csv_atomic
+from pipeline.images import decode, load_rgb, sha256_file, write_csv_atomic
 from pipeline.params import ParamsError, params_from_dict
 
 # --- search ------------------------------------------------------------------------------
@@ -168,6 +168,25 @@ def test_distinct_flat_images_that_collide_in_phash_stay_apart():
         assert len(g.rejected) == 1
 
 
+def test_verify_pairs_measures_colour_only_where_the_correlation_passes():
+    red = sprite_on_white((216, 40, 0), (32, 56, 200))
+    feats = [
+        features(red),
+        features(crop(red, 0.04)),  # a cropped copy: the centre-crop comparison wins
+        features(sprite_on_white((40, 160, 40), (120, 72, 24))),  # same shape, other colours
+        features(landscape(2)),  # unrelated
+    ]
+    thumbs = np.stack([f.thumbs for f in feats])
+    a, b = np.array([0, 0, 0]), np.array([1, 2, 3])
+    score, colour = verify_pairs(thumbs, a, b, min_score=0.85)
+    assert score[0] >= 0.85 and colour[0] <= 28  # the copy verifies
+    assert score[1] >= 0.85 and colour[1] > 28  # the recoloured sprite fails on colour
+    assert score[2] < 0.85 and np.isnan(colour[2])  # fails on correlation: colour not measured
+    s_all, c_all = verify_pairs(thumbs, a, b)  # no min_score: every colour is measured
+    assert np.array_equal(s_all, score) and not np.isnan(c_all).any()
+    assert np.allclose(c_all[:2], colour[:2])
+
+
 def test_a_chain_never_merges_its_ends():
     # A~B and B~C verify, A~C does not: C must not join A's group through B.
     ok = {(0, 1), (1, 2)}
@@ -233,9 +252,29 @@ def test_rerun_hashes_nothing_and_new_files_only(known_set, monkeypatch):
 
 
 def test_draft_decoding_gives_the_same_groups(known_set):
-    with_draft = groups_of(dedup.run(known_set))
-    full = params_from_dict({"dedup": {"workers": 1, "draft": False}})
-    assert groups_of(dedup.run(full)) == with_draft
+    assert known_set.dedup.draft is False  # the default; circle-jpg (256 px) is drafted at 1/2
+    full = groups_of(dedup.run(known_set))
+    drafted = params_from_dict({"dedup": {"workers": 1, "draft": True}})
+    assert groups_of(dedup.run(drafted)) == full
+
+
+@pytest.mark.parametrize(("size", "drafted"), [((700, 520), (175, 130)), ((300, 260), (150, 130))])
+def test_draft_decodes_at_the_power_of_two_part_of_the_box_factor(tmp_path, size, drafted):
+    path = tmp_path / "x.jpg"
+    landscape(3).resize(size).save(path, quality=92)
+    small = decode(path, box_factor_for=128).image
+    assert small.size == drafted
+    # features() then reduces the rest of the way to the same working size as from full size.
+    full, part = features(load_rgb(path)), features(small)
+    assert np.abs(full.thumbs.astype(int) - part.thumbs.astype(int)).mean() < 2
+    assert (full.hashes != part.hashes).sum() <= 4
+
+
+def test_draft_leaves_odd_factors_and_pngs_at_full_size(tmp_path):
+    landscape(3).resize((420, 400)).save(tmp_path / "odd.jpg")  # factor 3: no power of two
+    landscape(3).resize((700, 520)).save(tmp_path / "big.png")
+    for name in ("odd.jpg", "big.png"):
+        assert decode(tmp_path / name, box_factor_for=128).image.size == load_rgb(tmp_path / name).size
 
 
 def test_bad_dedup_params_name_the_key():
