@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 GROUP_FIELDS = ["id", "group", "kept", "distance", "score", "colour_diff", "match", "file"]
 CANDIDATE_FIELDS = ["id", "file", "width", "height", "group_size"]
 CACHE = "cache"
+# Bumped whenever features() changes its output. v3: hashes from the box thumbnails.
+CACHE_VERSION = "v3"
 SHEET_GROUPS = 60  # groups.png shows the largest ones; report.html shows them all
 REJECTED_SHOWN = 40
 
@@ -87,8 +89,17 @@ def _hash_one(job: tuple[str, str, bool, str, int]) -> tuple[str, Features | str
 
 def cache_path(p: DedupParams) -> Path:
     mode = "draft" if p.draft else "full"
-    # v3: hashes from the box thumbnails (pipeline/dedup_index.py); older files are stale.
-    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-v3.npz"
+    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-{CACHE_VERSION}.npz"
+
+
+def _drop_stale_caches(current: Path) -> None:
+    """Delete cache files of older feature versions: they can never be read again, and at
+    a few KiB per image they add up. Other hash settings' files are kept (switching back
+    is then free)."""
+    for old in current.parent.glob("*-v*.npz"):
+        if not old.name.endswith(f"-{CACHE_VERSION}.npz"):
+            old.unlink(missing_ok=True)
+            log.info("removed stale hash cache %s", old)
 
 
 def _read_cache(path: Path) -> dict[str, Features | str]:
@@ -128,6 +139,7 @@ def hash_all(rows: list[dict], raw: Path, p: DedupParams) -> tuple[dict[str, Fea
     """Features (or the unreadable reason) for every sha256 in `rows`, from the cache where
     possible; returns them and how many files were hashed now."""
     path = cache_path(p)
+    _drop_stale_caches(path)
     cached = _read_cache(path)
     todo: dict[str, str] = {}
     for r in rows:

@@ -251,6 +251,18 @@ def test_rerun_hashes_nothing_and_new_files_only(known_set, monkeypatch):
     assert [c.rsplit("/", 1)[-1] for c in calls] == ["new.png"]
 
 
+def test_stale_cache_versions_are_removed_other_settings_kept(known_set):
+    cache = dedup.cache_path(known_set.dedup).parent
+    cache.mkdir(parents=True)
+    (cache / "phash-8-full-v2.npz").write_bytes(b"old")
+    (cache / f"dhash-8-full-{dedup.CACHE_VERSION}.npz").write_bytes(b"other setting")
+    dedup.run(known_set)
+    names = sorted(f.name for f in cache.iterdir())
+    assert names == sorted(
+        [f"dhash-8-full-{dedup.CACHE_VERSION}.npz", dedup.cache_path(known_set.dedup).name]
+    )
+
+
 def test_draft_decoding_gives_the_same_groups(known_set):
     assert known_set.dedup.draft is False  # the default; circle-jpg (256 px) is drafted at 1/2
     full = groups_of(dedup.run(known_set))
