@@ -41,7 +41,7 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.diffaugment import diff_augment, parse_policy
 from pipeline.errors import PipelineError
-from pipeline.images import atomic_open, read_csv
+from pipeline.images import atomic_open, read_csv, write_text_atomic
 from pipeline.model import Discriminator, Generator, generator_config
 
 if TYPE_CHECKING:
@@ -452,10 +452,24 @@ def load_checkpoint(p: TrainParams, data_id: str, device: torch.device) -> dict 
     return state
 
 
+def _trim_curves(folder: Path, last_step: int) -> None:
+    """Drop the rows logged after `last_step` from DVCLive's curves (tab-separated, with a
+    `step` column): a resumed run logs those steps again, from the checkpoint."""
+    for tsv in folder.rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        if not lines or "step" not in lines[0].rstrip("\n").split("\t"):
+            continue
+        col = lines[0].rstrip("\n").split("\t").index("step")
+        keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= last_step]
+        if len(keep) != len(lines):
+            write_text_atomic(tsv, "".join(keep))
+
+
 class _Logger:
     """DVCLive when it is installed; otherwise a no-op, so training runs on bare torch."""
 
-    def __init__(self, enabled: bool, resume: bool) -> None:
+    def __init__(self, enabled: bool, resume_step: int) -> None:
+        """`resume_step` > 0 continues the curves of the run that checkpoint came from."""
         self.live = None
         if not enabled:
             return
@@ -465,7 +479,9 @@ class _Logger:
             log.info("train: dvclive not installed; metrics are not logged")
             return
         try:
-            self.live = Live(str(paths.DVCLIVE), dvcyaml=None, save_dvc_exp=False, resume=resume)
+            if resume_step:
+                _trim_curves(paths.DVCLIVE / "plots" / "metrics", resume_step)
+            self.live = Live(str(paths.DVCLIVE), dvcyaml=None, save_dvc_exp=False, resume=resume_step > 0)
         except Exception as exc:  # e.g. scmrepo's "Empty git repo" before the first commit
             log.warning("train: DVCLive could not start (%s); metrics are not logged", exc)
 
@@ -598,7 +614,7 @@ def _run(p: TrainParams, rank: int, world: int, device: torch.device) -> dict[st
         eval_real.shape[0], p.latent_dim, generator=torch.Generator().manual_seed(p.seed + 1)
     ).to(device)
     swd_missing = False
-    logger = _Logger(writer, resume=t.step_count > 0)
+    logger = _Logger(writer, resume_step=t.step_count)
     metrics: dict[str, float] = {}
     good_step = t.step_count  # last step whose state is known finite
     bar = tqdm(

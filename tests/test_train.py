@@ -1,5 +1,6 @@
 """The train stage: outputs, every loss and option, checkpoint/resume, NaN stop, signals, DDP, params."""
 
+import csv
 import json
 import logging
 import os
@@ -359,6 +360,14 @@ def test_project_train_params_are_valid():
 
 
 @pytest.mark.e2e
+def test_resumed_curves_drop_the_steps_after_the_checkpoint(tmp_path):
+    tsv = tmp_path / "train" / "loss_g.tsv"
+    tsv.parent.mkdir()
+    tsv.write_text("timestamp\tstep\tloss_g\n" + "".join(f"{100 + s}\t{s}\t0.5\n" for s in range(0, 40, 4)))
+    train._trim_curves(tmp_path, 17)
+    assert [r["step"] for r in csv.DictReader(tsv.open(), delimiter="\t")] == ["0", "4", "8", "12", "16"]
+
+
 def test_dvc_repro_after_ctrl_c_resumes_from_the_checkpoint(tmp_path):
     from tests.conftest import make_project, sh
 
@@ -382,3 +391,7 @@ def test_dvc_repro_after_ctrl_c_resumes_from_the_checkpoint(tmp_path):
     assert f"resuming from models/checkpoint.pt at step {stopped_at}" in text
     assert torch.load(root / "models/checkpoint.pt", weights_only=True)["step"] == 375  # 6 kimg / 16
     assert (root / "models/generator.pt").exists()
+    # The loss curve runs from the first run's first step to the end, each step once.
+    curve = next((root / "dvclive/plots/metrics").rglob("loss_g.tsv"))
+    steps = [int(row["step"]) for row in csv.DictReader(curve.open(), delimiter="\t")]
+    assert steps == sorted(set(steps)) and steps[0] <= stopped_at and steps[-1] == 375, steps
