@@ -330,9 +330,8 @@ def params_from_dict(data: dict[str, Any]) -> Params:
     if unknown:
         _fail(unknown[0], f"unknown section (known: {', '.join(sections)})")
     built = {name: _build(hints[name], name, data.get(name)) for name in sections}
-    # Only when a train section is given: other stages' tests leave train at defaults that need not fit.
     train, size = built["train"], built["resize"].size
-    if "train" in data and train.resolution > size:
+    if train.resolution > size:
         _fail(
             "train.resolution",
             f"{train.resolution} is above resize.size {size}; lower train.resolution or raise resize.size",

@@ -47,3 +47,10 @@ def test_bad_yaml_names_the_line(tmp_path):
 
 def test_int_is_accepted_for_float():
     assert params_from_dict({"train": {"kimg": 3}}).train.kimg == 3.0
+
+
+def test_train_resolution_is_checked_against_resize_size_even_when_only_resize_is_given():
+    # The default train.resolution (64) against a smaller resize.size: one line naming both.
+    with pytest.raises(ParamsError, match=r"train.resolution: 64 is above resize.size 32; lower"):
+        params_from_dict({"resize": {"size": 32}})
+    assert params_from_dict({"resize": {"size": 32}, "train": {"resolution": 32}}).train.resolution == 32

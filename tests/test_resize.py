@@ -66,7 +66,7 @@ def make_raw(root):
 @pytest.mark.parametrize("mode", ["crop", "pad", "fit"])
 def test_stage_writes_rgb_squares_index_skip_list_and_contact_sheet(in_tmp, mode):
     make_raw(in_tmp)
-    params = params_from_dict({"resize": {"size": 32, "mode": mode, "background": "#0000ff", "workers": 1}})
+    params = params_from_dict({"train": {"resolution": 32}, "resize": {"size": 32, "mode": mode, "background": "#0000ff", "workers": 1}})
     rows = resize.run(params)
     assert [r["id"] for r in rows] == ["a", "b", "d"]
     a = Image.open("data/processed/a.png")
@@ -107,9 +107,9 @@ def test_stage_writes_rgb_squares_index_skip_list_and_contact_sheet(in_tmp, mode
 
 def test_parallel_workers_give_the_same_files_as_one(in_tmp):
     make_raw(in_tmp)
-    resize.run(params_from_dict({"resize": {"size": 32, "workers": 1}}))
+    resize.run(params_from_dict({"train": {"resolution": 32}, "resize": {"size": 32, "workers": 1}}))
     one = {p.name: p.read_bytes() for p in (in_tmp / "data/processed").glob("[abd].png")}
-    resize.run(params_from_dict({"resize": {"size": 32, "workers": 2}}))
+    resize.run(params_from_dict({"train": {"resolution": 32}, "resize": {"size": 32, "workers": 2}}))
     two = {p.name: p.read_bytes() for p in (in_tmp / "data/processed").glob("[abd].png")}
     assert one == two and len(one) == 3
 
@@ -121,7 +121,7 @@ def test_contact_sheet_pages_and_stale_outputs(in_tmp, monkeypatch):
     (out / "gone.png").write_bytes(b"left from an earlier run")
     (out / "contact_sheet_9.png").write_bytes(b"old page")
     monkeypatch.setattr(resize, "PAGE", 2)
-    resize.run(params_from_dict({"resize": {"size": 32, "workers": 1}}))
+    resize.run(params_from_dict({"train": {"resolution": 32}, "resize": {"size": 32, "workers": 1}}))
     pages = sorted(p.name for p in out.glob("contact_sheet*.png"))
     assert pages == ["contact_sheet.png", "contact_sheet_2.png"]
     assert not (out / "gone.png").exists()
