@@ -66,7 +66,12 @@ def make_raw(root):
 @pytest.mark.parametrize("mode", ["crop", "pad", "fit"])
 def test_stage_writes_rgb_squares_index_skip_list_and_contact_sheet(in_tmp, mode):
     make_raw(in_tmp)
-    params = params_from_dict({"train": {"resolution": 32}, "resize": {"size": 32, "mode": mode, "background": "#0000ff", "workers": 1}})
+    params = params_from_dict(
+        {
+            "train": {"resolution": 32},
+            "resize": {"size": 32, "mode": mode, "background": "#0000ff", "workers": 1},
+        }
+    )
     rows = resize.run(params)
     assert [r["id"] for r in rows] == ["a", "b", "d"]
     a = Image.open("data/processed/a.png")
