@@ -77,6 +77,28 @@ def _env() -> dict[str, str]:
     return env
 
 
+# DVC's advice after every `dvc repro`: right in a terminal, noise in each task's log.
+DVC_HINTS = (
+    "To track the changes with git, run:",
+    "To enable auto staging, run:",
+    "dvc config core.autostage true",
+    "Use `dvc push` to send your updates to remote storage.",
+)
+
+
+def is_dvc_hint(line: str) -> bool:
+    """True for DVC's git-staging and push advice (the `git add` line names only DVC files)."""
+    s = line.strip()
+    if s in DVC_HINTS:
+        return True
+    words = s.split()
+    return (
+        words[:2] == ["git", "add"]
+        and len(words) > 2
+        and all(w.endswith((".lock", ".dvc", ".gitignore")) for w in words[2:])
+    )
+
+
 def _stream(args: list[str], repo: str, on_line: Callable[[str], None]) -> tuple[int, list[str]]:
     """Run `dvc ARGS` in `repo`, handing each output line to `on_line`; return (exit code, last lines)."""
     logger = get_run_logger()
@@ -95,7 +117,7 @@ def _stream(args: list[str], repo: str, on_line: Callable[[str], None]) -> tuple
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw.rstrip()
-        if not line:
+        if not line or is_dvc_hint(line):
             continue
         logger.info(line)
         on_line(line)

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
 from prefect.testing.utilities import prefect_test_harness
 from tqdm import tqdm
 
-from flows.pipeline_flow import TrainProgress, pipeline_flow, run_stage, stage_order
+from flows.pipeline_flow import TrainProgress, is_dvc_hint, pipeline_flow, run_stage, stage_order
 from tests.conftest import ROOT, TINY, make_project, sh
 
 
@@ -89,6 +89,25 @@ def test_training_progress_follows_the_tqdm_bar(monkeypatch):
     assert seen[0][0] == 0.0
     assert (50.0, "train: 1.60k/3.20k images, loss_d=1.234, loss_g=0.567") in seen
     assert seen[-1][0] == 100.0
+
+
+def test_dvc_git_advice_is_left_out_of_task_logs():
+    # What `dvc repro` 3.67 prints after a stage, line by line.
+    advice = [
+        "To track the changes with git, run:",
+        "\tgit add dvc.lock data/.gitignore",
+        "To enable auto staging, run:",
+        "\tdvc config core.autostage true",
+        "Use `dvc push` to send your updates to remote storage.",
+    ]
+    assert all(is_dvc_hint(line) for line in advice)
+    kept = [
+        "Running stage 'train':",
+        "> python -m pipeline train",
+        "git add pipeline/train.py",
+        "dedup: 400 images",
+    ]
+    assert not any(is_dvc_hint(line) for line in kept)
 
 
 def test_only_download_retries():
