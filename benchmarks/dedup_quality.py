@@ -7,7 +7,7 @@ the ground truth, and images per second (load + hash + search + group, on
 imagededup's at the default threshold. imagededup is a benchmark-only extra:
 pip install -e '.[bench]'.
 
-    python benchmarks/dedup_quality.py [--originals 2000] [--workers 2]
+    python benchmarks/dedup_quality.py [--originals 2000] [--workers 2] [--sweep]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def ours(files: list[Path], p: DedupParams) -> tuple[dict[int, tuple[float, floa
         seconds[t] = time.perf_counter() - t1
         label = {s: int(g.leader[k]) for k, s in enumerate(reps)}
         out[t] = [label[s] for s in shas]
-    return out, t_hash, {"group_s": seconds, "feats": feats, "reps": reps, "hashes": hashes}
+    return out, t_hash, {"group_s": seconds, "feats": feats, "reps": reps, "hashes": hashes, "thumbs": thumbs}
 
 
 def _area(path: Path) -> int:
@@ -139,12 +139,29 @@ def imagededup_phash() -> type:
     return PHash
 
 
+def sweep(info: dict, shas: list[str], truth: list[str], p: DedupParams) -> None:
+    """Precision / recall of the grouping for a grid of verification limits (README table)."""
+    scores, colours = [0.7, 0.75, 0.8, 0.85], [24, 28, 32]
+    print(f"\nverification sweep at threshold {p.threshold} (precision / recall)")
+    print(f"{'min_score':>9} " + " ".join(f"{'colour ' + str(c):>15}" for c in colours))
+    for s in scores:
+        cells = []
+        for c in colours:
+            q = dataclasses.replace(p, min_score=s, max_colour_diff=c)
+            g, _ = dedup.group_features(info["hashes"], info["thumbs"], q)
+            label = {sha: int(g.leader[k]) for k, sha in enumerate(info["reps"])}
+            pr, rc = pair_scores([label[sha] for sha in shas], truth)
+            cells.append(f"{pr:.3f} / {rc:.3f}")
+        print(f"{s:9.2f} " + " ".join(f"{x:>15}" for x in cells), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--originals", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/mario-gan-dedup-bench"))
     ap.add_argument("--skip-imagededup", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="also sweep min_score x max_colour_diff")
     args = ap.parse_args()
 
     PHash = None if args.skip_imagededup else imagededup_phash()
@@ -183,6 +200,9 @@ def main() -> None:
     for t in (8, 10):
         pr, rc = pair_scores(unverified(info["hashes"], info["reps"], shas, t), truth)
         add(("search+greedy, no verification", t, pr, rc, float("nan")))
+    if args.sweep:
+        sweep(info, shas, truth, p)
+        print()
 
     # Plain pHash with union-find (connected components: chaining).
     packed, t_plain = phash_union_find(files)

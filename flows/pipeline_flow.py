@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,10 @@ def is_dvc_hint(line: str) -> bool:
     s = line.strip()
     if s in DVC_HINTS:
         return True
-    words = s.split()
+    try:
+        words = shlex.split(s)  # DVC quotes paths with spaces
+    except ValueError:
+        return False
     return (
         words[:2] == ["git", "add"]
         and len(words) > 2

@@ -319,7 +319,6 @@ class _Grey:
     grey: np.ndarray  # (u, 32, 32) float32, R+G+B
     inner: np.ndarray  # (u, n, n) float32: the grey inner window, zero mean, unit norm
     norm: np.ndarray  # (u, shifts) centred L2 norm of each shifted grey window
-    wsum: np.ndarray  # (u, shifts) sum of each shifted grey window
 
 
 def _prepare_grey(t: np.ndarray) -> _Grey:
@@ -337,7 +336,7 @@ def _prepare_grey(t: np.ndarray) -> _Grey:
     s = (w @ g64 @ w.T).reshape(u, -1)
     s2 = (w @ (g64 * g64) @ w.T).reshape(u, -1)
     norm = (np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3).astype(np.float32)
-    return _Grey(grey, ig.reshape(u, n, n), norm, s.astype(np.float32))
+    return _Grey(grey, ig.reshape(u, n, n), norm)
 
 
 def _correlate(pa: _Grey, ia: np.ndarray, pb: _Grey, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

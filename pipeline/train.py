@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -454,15 +455,37 @@ def load_checkpoint(p: TrainParams, data_id: str, device: torch.device) -> dict 
 
 def _trim_curves(folder: Path, last_step: int) -> None:
     """Drop the rows logged after `last_step` from DVCLive's curves (tab-separated, with a
-    `step` column): a resumed run logs those steps again, from the checkpoint."""
+    `step` column): a resumed run logs those steps again, from the checkpoint. A row torn
+    by a hard kill goes too."""
+
+    def step(line: str, col: int) -> int | None:
+        cells = line.rstrip("\r\n").split("\t")
+        try:
+            return int(cells[col]) if len(cells) == len(header) else None
+        except ValueError:
+            return None
+
     for tsv in folder.rglob("*.tsv"):
         lines = tsv.read_text().splitlines(keepends=True)
-        if not lines or "step" not in lines[0].rstrip("\n").split("\t"):
+        header = lines[0].rstrip("\r\n").split("\t") if lines else []
+        if "step" not in header:
             continue
-        col = lines[0].rstrip("\n").split("\t").index("step")
-        keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= last_step]
-        if len(keep) != len(lines):
+        col = header.index("step")
+        keep = [lines[0]]
+        for ln in lines[1:]:
+            s = step(ln, col)
+            if s is not None and s <= last_step:
+                keep.append(ln if ln.endswith("\n") else ln + "\n")
+        if keep != lines:
             write_text_atomic(tsv, "".join(keep))
+
+
+def _clear_curves() -> None:
+    """What DVCLive's own cleanup removes on a fresh run, done here so that no earlier
+    run's curves survive when DVCLive cannot start (the outputs persist in dvc.yaml)."""
+    for sub in ("metrics", "images"):
+        shutil.rmtree(paths.DVCLIVE / "plots" / sub, ignore_errors=True)
+    (paths.DVCLIVE / "metrics.json").unlink(missing_ok=True)
 
 
 class _Logger:
@@ -474,13 +497,18 @@ class _Logger:
         if not enabled:
             return
         try:
+            if resume_step:
+                _trim_curves(paths.DVCLIVE / "plots" / "metrics", resume_step)
+            else:
+                _clear_curves()
+        except OSError as exc:  # the curves are a convenience: never stop training for them
+            log.warning("train: could not tidy %s (%s); curves may hold older rows", paths.DVCLIVE, exc)
+        try:
             from dvclive import Live
         except ImportError:
             log.info("train: dvclive not installed; metrics are not logged")
             return
         try:
-            if resume_step:
-                _trim_curves(paths.DVCLIVE / "plots" / "metrics", resume_step)
             self.live = Live(str(paths.DVCLIVE), dvcyaml=None, save_dvc_exp=False, resume=resume_step > 0)
         except Exception as exc:  # e.g. scmrepo's "Empty git repo" before the first commit
             log.warning("train: DVCLive could not start (%s); metrics are not logged", exc)

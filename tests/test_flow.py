@@ -96,6 +96,7 @@ def test_dvc_git_advice_is_left_out_of_task_logs():
     advice = [
         "To track the changes with git, run:",
         "\tgit add dvc.lock data/.gitignore",
+        "\tgit add dvc.lock 'my data/.gitignore'",  # DVC quotes paths with spaces
         "To enable auto staging, run:",
         "\tdvc config core.autostage true",
         "Use `dvc push` to send your updates to remote storage.",

@@ -359,15 +359,26 @@ def test_project_train_params_are_valid():
     assert os.path.basename(train.CHECKPOINT) == "checkpoint.pt"
 
 
-@pytest.mark.e2e
 def test_resumed_curves_drop_the_steps_after_the_checkpoint(tmp_path):
     tsv = tmp_path / "train" / "loss_g.tsv"
     tsv.parent.mkdir()
-    tsv.write_text("timestamp\tstep\tloss_g\n" + "".join(f"{100 + s}\t{s}\t0.5\n" for s in range(0, 40, 4)))
+    rows = "".join(f"{100 + s}\t{s}\t0.5\n" for s in range(0, 40, 4))
+    tsv.write_text("timestamp\tstep\tloss_g\n" + rows + "140\t4")  # a row torn by kill -9
     train._trim_curves(tmp_path, 17)
     assert [r["step"] for r in csv.DictReader(tsv.open(), delimiter="\t")] == ["0", "4", "8", "12", "16"]
 
 
+def test_a_fresh_run_clears_the_previous_curves_even_without_dvclive(in_tmp, monkeypatch):
+    old = paths.DVCLIVE / "plots" / "metrics" / "train" / "loss_g.tsv"
+    old.parent.mkdir(parents=True)
+    old.write_text("timestamp\tstep\tloss_g\n1\t500\t0.5\n")
+    (paths.DVCLIVE / "metrics.json").write_text('{"step": 500}')
+    monkeypatch.setitem(sys.modules, "dvclive", None)  # `import dvclive` now fails
+    train._Logger(enabled=True, resume_step=0)
+    assert not old.exists() and not (paths.DVCLIVE / "metrics.json").exists()
+
+
+@pytest.mark.e2e
 def test_dvc_repro_after_ctrl_c_resumes_from_the_checkpoint(tmp_path):
     from tests.conftest import make_project, sh
 
