@@ -71,18 +71,13 @@ SHEET_GROUPS = 60  # groups.png shows the largest ones; report.html shows them a
 REJECTED_SHOWN = 40
 
 
-def _load(path: Path, draft: bool, hash_size: int) -> Image.Image:
-    """load_rgb; with `draft`, a JPEG is decoded at the power-of-two part of the box
-    reduction features() applies next (Pillow draft): the same working size, in less time."""
-    if not draft:
-        return load_rgb(path)
-    return decode(path, box_factor_for=work_side(hash_size)).image
-
-
 def _hash_one(job: tuple[str, str, bool, str, int]) -> tuple[str, Features | str]:
     sha, path, draft, hash_name, hash_size = job
+    # With `draft`, a JPEG is decoded at the power-of-two part of the box reduction
+    # features() applies next: the same working size, in less time.
+    factor_for = work_side(hash_size) if draft else None
     try:
-        return sha, features(_load(Path(path), draft, hash_size), hash_name, hash_size)
+        return sha, features(decode(path, box_factor_for=factor_for).image, hash_name, hash_size)
     except ImageError as exc:
         return sha, exc.reason
 

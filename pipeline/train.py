@@ -457,27 +457,19 @@ def _trim_curves(folder: Path, last_step: int) -> None:
     """Drop the rows logged after `last_step` from DVCLive's curves (tab-separated, with a
     `step` column): a resumed run logs those steps again, from the checkpoint. A row torn
     by a hard kill goes too."""
-
-    def step(line: str, col: int) -> int | None:
-        cells = line.rstrip("\r\n").split("\t")
-        try:
-            return int(cells[col]) if len(cells) == len(header) else None
-        except ValueError:
-            return None
-
     for tsv in folder.rglob("*.tsv"):
-        lines = tsv.read_text().splitlines(keepends=True)
-        header = lines[0].rstrip("\r\n").split("\t") if lines else []
-        if "step" not in header:
+        lines = tsv.read_text().splitlines()
+        names = lines[0].split("\t") if lines else []
+        if "step" not in names:
             continue
-        col = header.index("step")
-        keep = [lines[0]]
-        for ln in lines[1:]:
-            s = step(ln, col)
-            if s is not None and s <= last_step:
-                keep.append(ln if ln.endswith("\n") else ln + "\n")
-        if keep != lines:
-            write_text_atomic(tsv, "".join(keep))
+        col = names.index("step")
+        keep = [
+            r
+            for r in lines[1:]
+            if len(c := r.split("\t")) == len(names) and c[col].isdigit() and int(c[col]) <= last_step
+        ]
+        if keep != lines[1:]:
+            write_text_atomic(tsv, "\n".join([lines[0], *keep]) + "\n")
 
 
 def _clear_curves() -> None:
