@@ -165,8 +165,10 @@ class Fetcher:
         max_bytes: int = 20_000_000,
         min_side: int = 64,
         ca_bundle: str = "",
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.store = Path(store)
+        self.user_agent = user_agent
         self.workers = workers
         self.per_host = per_host
         self.timeout = timeout
@@ -184,7 +186,7 @@ class Fetcher:
         # One session per thread: requests.Session is not guaranteed thread-safe.
         if not hasattr(self._local, "session"):
             s = requests.Session()
-            s.headers["User-Agent"] = USER_AGENT
+            s.headers["User-Agent"] = self.user_agent
             self._local.session = s
         return self._local.session
 
