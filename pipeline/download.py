@@ -163,17 +163,7 @@ def _web(p: DownloadParams, out: Path) -> tuple[list[tuple[Task, Outcome]], dict
     if stale:
         log.info("removed %d partial files left by an interrupted run", stale)
     done = read_log(CACHE)
-    fetcher = Fetcher(
-        CACHE,
-        workers=p.workers,
-        per_host=p.per_host,
-        timeout=p.timeout,
-        retries=p.retries,
-        max_bytes=p.max_bytes,
-        min_side=p.min_side,
-        ca_bundle=p.ca_bundle,
-        user_agent=p.user_agent,
-    )
+    fetcher = Fetcher.from_params(CACHE, p)
     results: list[tuple[Task, Outcome]] = []
     seen: set[str] = set()
     outcome: dict[str, str] = {}

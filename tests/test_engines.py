@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline import bing, ddg, openverse, search, sources
-from pipeline.params import DownloadParams
+from pipeline.params import DownloadParams, from_defaults
 from pipeline.search import EngineError
 from tests.engines import (
     FIXTURES,
@@ -38,7 +38,7 @@ def web():
 
 
 def bing_params(web, **kw) -> DownloadParams:
-    return DownloadParams(source="bing", search_url=web.url("/bing/async"), retries=1, **kw)
+    return from_defaults(DownloadParams, source="bing", search_url=web.url("/bing/async"), retries=1, **kw)
 
 
 def bing_fixture_pages(web) -> None:
@@ -124,7 +124,9 @@ def test_bing_http_error_and_unreachable_are_one_line(web):
     with pytest.raises(EngineError, match=r"^bing: HTTP 403 from http://127\.0\.0\.1:\d+/bing/async$") as e:
         sources.find("bing", "mario", bing_params(web))
     assert e.value.status == 403
-    p = DownloadParams(source="bing", search_url="http://127.0.0.1:9/none", retries=0, timeout=2)
+    p = from_defaults(
+        DownloadParams, source="bing", search_url="http://127.0.0.1:9/none", retries=0, timeout=2
+    )
     with pytest.raises(
         EngineError, match=r"^bing: cannot reach http://127\.0\.0\.1:9/none \(connection refused\)$"
     ):
@@ -183,7 +185,9 @@ def test_retry_after_as_seconds_or_http_date():
 
 
 def openverse_params(web, **kw) -> DownloadParams:
-    return DownloadParams(source="openverse", search_url=web.url("/v1/images/"), retries=1, **kw)
+    return from_defaults(
+        DownloadParams, source="openverse", search_url=web.url("/v1/images/"), retries=1, **kw
+    )
 
 
 def openverse_fixture_pages(web) -> dict[int, dict]:
@@ -276,7 +280,7 @@ def duck(tmp_path, monkeypatch):
 
 
 def ddg_params(proxy, **kw) -> DownloadParams:
-    return DownloadParams(source="ddg", ca_bundle=str(proxy.ca), retries=2, **kw)
+    return from_defaults(DownloadParams, source="ddg", ca_bundle=str(proxy.ca), retries=2, **kw)
 
 
 def ddg_fixture_pages(proxy, base: str) -> None:

@@ -13,9 +13,9 @@ import yaml
 from pipeline import download, sources
 from pipeline.__main__ import main
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, params_from_dict
+from pipeline.params import DownloadParams, from_defaults, params_from_dict
 from pipeline.search import LICENCE_FIELDS
-from tests.conftest import make_project, sh
+from tests.conftest import make_project, sh, write_params
 from tests.engines import TunnelProxy, bing_pages, ddg_routes, fixture, openverse_pages
 from tests.loopback import Routes, Server, image_bytes
 
@@ -41,7 +41,7 @@ def test_urls_text_file_with_optional_page_column(tmp_path):
     f.write_text(
         "# exported from a browser\nhttp://a/1.jpg http://a/page\n\n  https://b/2.png\nfile:///etc/x\n"
     )
-    tasks = sources.urls(DownloadParams(source="urls", urls_file=str(f)))
+    tasks = sources.urls(from_defaults(DownloadParams, source="urls", urls_file=str(f)))
     assert [(t.url, t.page_url) for t in tasks] == [
         ("http://a/1.jpg", "http://a/page"),
         ("https://b/2.png", ""),
@@ -53,11 +53,11 @@ def test_urls_text_file_with_optional_page_column(tmp_path):
 def test_urls_csv_with_and_without_header(tmp_path):
     f = tmp_path / "urls.csv"
     f.write_text('\ufefftitle,page_url,url\nMario,http://a/p,"http://a/1.jpg?w=1,h=2"\r\n')
-    assert [(t.url, t.page_url) for t in sources.urls(DownloadParams(urls_file=str(f)))] == [
+    assert [(t.url, t.page_url) for t in sources.urls(from_defaults(DownloadParams, urls_file=str(f)))] == [
         ("http://a/1.jpg?w=1,h=2", "http://a/p")
     ]
     f.write_text("http://a/1.jpg,http://a/p\nhttp://a/2.jpg\n")
-    assert [(t.url, t.page_url) for t in sources.urls(DownloadParams(urls_file=str(f)))] == [
+    assert [(t.url, t.page_url) for t in sources.urls(from_defaults(DownloadParams, urls_file=str(f)))] == [
         ("http://a/1.jpg", "http://a/p"),
         ("http://a/2.jpg", ""),
     ]
@@ -166,7 +166,7 @@ def test_folder_source_imports_checked_images(in_tmp):
     ],
 )
 def test_bad_input_gives_one_clear_error_line(in_tmp, capsys, download_params, message):
-    Path("params.yaml").write_text(yaml.safe_dump({"download": download_params}))
+    write_params(Path("."), {"download": download_params})
     assert main(["download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
