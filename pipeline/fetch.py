@@ -36,7 +36,6 @@ from pipeline.params import DownloadParams
 
 SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
-USER_AGENT = "mario-gan/0.1 (+https://github.com/; image dataset builder)"
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
 
@@ -166,7 +165,7 @@ class Fetcher:
         min_side: int,
         ca_bundle: str,
         backoff: float = 1.0,
-        user_agent: str = USER_AGENT,
+        user_agent: str,
     ) -> None:
         self.store = Path(store)
         self.user_agent = user_agent

@@ -13,7 +13,7 @@ import yaml
 from pipeline import download, sources
 from pipeline.__main__ import main
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, from_defaults, params_from_dict
+from pipeline.params import DownloadParams, defaults, from_defaults, params_from_dict
 from pipeline.search import LICENCE_FIELDS
 from tests.conftest import make_project, sh, write_params
 from tests.engines import TunnelProxy, bing_pages, ddg_routes, fixture, openverse_pages
@@ -225,6 +225,8 @@ def test_three_engines_in_one_run_share_urls_and_bytes_and_keep_licences(server,
     assert rejected["data:image/png;base64,iVBORw0KGgo="].startswith("scheme 'data' refused")
     report = json.loads((raw / "report.json").read_text())
     assert report["engines"] == {"bing": "ok", "ddg": "ok", "openverse": "ok"}
+    agents = {h["User-Agent"] for p, h in server.routes.requests if p.startswith(("/img/", "/v1/images/"))}
+    assert agents == {defaults()["download"]["user_agent"]}  # images and openverse: the project's agent
 
 
 def test_licence_filter_keeps_only_those_licences(server, duck, in_tmp, caplog):
@@ -280,7 +282,7 @@ def test_sources_check_prints_one_row_per_engine(server, duck, in_tmp, capsys):
         "ca_bundle": str(duck.ca),
         "retries": 0,
     }
-    Path("params.yaml").write_text(yaml.safe_dump({"download": params}))
+    write_params(Path("."), {"download": params})
     assert main(["sources", "check", "--query", "luigi"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["engine", "status", "results", "first", "URL", "or", "reason"]
