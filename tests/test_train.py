@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline import paths, train
+from pipeline import distributed, live, loss, paths, train
 from pipeline.errors import PipelineError
 from pipeline.images import write_csv_atomic
 from pipeline.model import load_generator
@@ -137,7 +137,7 @@ OPTIONS = [
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_a_few_steps_of_each_loss_and_option(option, monkeypatch):
-    monkeypatch.setattr(train, "R1_INTERVAL", 2)  # so that R1 runs within the few steps
+    monkeypatch.setattr(loss, "R1_INTERVAL", 2)  # so that R1 runs within the few steps
     p = params_from_dict(tiny(**option)).train
     data = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     t = train.Trainer(p, data, torch.device("cpu"))
@@ -324,7 +324,7 @@ def test_two_process_ddp_on_cpu(in_tmp):
 
 def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
     make_processed()
-    monkeypatch.setattr(train, "_init_distributed", lambda device: (0, 3, device))
+    monkeypatch.setattr(distributed, "init", lambda device: (0, 3, device))
     with pytest.raises(PipelineError, match="train.batch_size: 8 does not split over 3 ranks"):
         train.run(params_from_dict(TINY))
 
@@ -370,7 +370,7 @@ def test_resumed_curves_drop_the_steps_after_the_checkpoint(tmp_path):
     tsv.parent.mkdir()
     rows = "".join(f"{100 + s}\t{s}\t0.5\n" for s in range(0, 40, 4))
     tsv.write_text("timestamp\tstep\tloss_g\n" + rows + "140\t4")  # a row torn by kill -9
-    train._trim_curves(tmp_path, 17)
+    live.trim_curves(tmp_path, 17)
     assert [r["step"] for r in csv.DictReader(tsv.open(), delimiter="\t")] == ["0", "4", "8", "12", "16"]
 
 
@@ -380,7 +380,7 @@ def test_a_fresh_run_clears_the_previous_curves_even_without_dvclive(in_tmp, mon
     old.write_text("timestamp\tstep\tloss_g\n1\t500\t0.5\n")
     (paths.DVCLIVE / "metrics.json").write_text('{"step": 500}')
     monkeypatch.setitem(sys.modules, "dvclive", None)  # `import dvclive` now fails
-    train._Logger(enabled=True, resume_step=0)
+    live.Logger(enabled=True, resume_step=0)
     assert not old.exists() and not (paths.DVCLIVE / "metrics.json").exists()
 
 
