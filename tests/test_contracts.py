@@ -143,6 +143,8 @@ HAND_SPELLED = {
     "sample.py",
     "evaluate.py",
     "pipeline_flow.py",
+    "live.py",
+    "tensors.py",
 }
 
 
