@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import paths
+from pipeline import contracts, paths
 from pipeline.errors import PipelineError
 from pipeline.images import (
     RGB,
@@ -57,20 +57,6 @@ INDEX_FIELDS = [
     "size",
 ]
 SKIPPED_FIELDS = ["id", "file", "reason"]
-# Copied from data/raw/index.csv for each training image; empty where the source gave none.
-ATTRIBUTION_FIELDS = [
-    "id",
-    "file",
-    "source",
-    "origin",
-    "page_url",
-    "title",
-    "license",
-    "license_version",
-    "license_url",
-    "creator",
-    "attribution",
-]
 FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
@@ -175,8 +161,8 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     return written
 
 
-def _fields(row: dict) -> dict:
-    return {k: row.get(k) or "" for k in ATTRIBUTION_FIELDS}
+def _credit(row: dict) -> dict:
+    return {k: row.get(k) or "" for k in contracts.PROCESSED_ATTRIBUTION.fields}
 
 
 def run(params: Params) -> list[dict]:
@@ -214,7 +200,7 @@ def run(params: Params) -> list[dict]:
     write_csv_atomic(out / "skipped.csv", SKIPPED_FIELDS, skipped)
     raw_index = {r["id"]: r for r in read_csv(raw / "index.csv")} if (raw / "index.csv").exists() else {}
     credits = [raw_index.get(r["id"], {}) | {"id": r["id"], "file": r["file"]} for r in rows]
-    write_csv_atomic(out / "ATTRIBUTION.csv", ATTRIBUTION_FIELDS, [_fields(c) for c in credits])
+    contracts.PROCESSED_ATTRIBUTION.write([_credit(c) for c in credits])
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"
     sheets = write_contact_sheets(out, [(thumbs[r["id"]], r["id"]) for r in rows], title)
     log.info(
