@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline.errors import DISK_ERRNOS
 from pipeline.images import FILE_MODE, ImageError, probe
+from pipeline.params import DownloadParams
 
 SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
@@ -169,14 +170,14 @@ class Fetcher:
         self,
         store: Path,
         *,
-        workers: int = 16,
-        per_host: int = 4,
-        timeout: float = 30.0,
-        retries: int = 3,
+        workers: int,
+        per_host: int,
+        timeout: float,
+        retries: int,
+        max_bytes: int,
+        min_side: int,
+        ca_bundle: str,
         backoff: float = 1.0,
-        max_bytes: int = 20_000_000,
-        min_side: int = 64,
-        ca_bundle: str = "",
     ) -> None:
         self.store = Path(store)
         self.workers = workers
@@ -191,6 +192,21 @@ class Fetcher:
         self._local = threading.local()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
+
+    @classmethod
+    def from_params(cls, store: Path, p: DownloadParams, backoff: float = 1.0) -> Fetcher:
+        """A fetcher with the limits of params.yaml's `download:` section (its only defaults)."""
+        return cls(
+            store,
+            workers=p.workers,
+            per_host=p.per_host,
+            timeout=p.timeout,
+            retries=p.retries,
+            max_bytes=p.max_bytes,
+            min_side=p.min_side,
+            ca_bundle=p.ca_bundle,
+            backoff=backoff,
+        )
 
     def _session(self) -> requests.Session:
         # One session per thread: requests.Session is not guaranteed thread-safe.

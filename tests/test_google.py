@@ -10,7 +10,7 @@ import yaml
 
 from pipeline import download, sources
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, params_from_dict
+from pipeline.params import DownloadParams, from_defaults, params_from_dict
 from tests.conftest import make_project, sh
 from tests.loopback import Routes, Server, make_tls
 
@@ -32,7 +32,7 @@ def results_page(image_urls: list[tuple[str, str]]) -> bytes:
 
 
 def test_missing_chromedriver_says_what_to_install(tmp_path):
-    p = DownloadParams(source="google", chromedriver=str(tmp_path / "chromedriver"))
+    p = from_defaults(DownloadParams, source="google", chromedriver=str(tmp_path / "chromedriver"))
     with pytest.raises(PipelineError) as err:
         sources.google("mario", p)
     msg = str(err.value)
@@ -42,7 +42,7 @@ def test_missing_chromedriver_says_what_to_install(tmp_path):
 
 @needs_chromium
 def test_browser_that_cannot_start_is_one_error_not_an_exit(tmp_path):
-    p = DownloadParams(source="google", chrome=str(tmp_path / "no-such-chromium"))
+    p = from_defaults(DownloadParams, source="google", chrome=str(tmp_path / "no-such-chromium"))
     with pytest.raises(
         PipelineError, match=r"google: could not start the browser .*install Chrome or Chromium"
     ):

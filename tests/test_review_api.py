@@ -19,7 +19,7 @@ from pipeline.__main__ import main
 from pipeline.curate import read_manifest
 from pipeline.params import params_from_dict
 from pipeline.review import create_app
-from tests.conftest import ROOT, env
+from tests.conftest import ROOT, env, write_params
 
 PORT = 8799
 BASE = f"http://127.0.0.1:{PORT}"
@@ -27,7 +27,7 @@ BASE = f"http://127.0.0.1:{PORT}"
 
 def make_dataset(root: Path, count: int = 30) -> dict:
     """Download and dedup a tiny synthetic set in `root`; returns candidate ids and one duplicate group."""
-    (root / "params.yaml").write_text(f"download:\n  count: {count}\n")
+    write_params(root, {"download": {"count": count}})
     params = params_from_dict({"download": {"count": count}})
     old = Path.cwd()
     os.chdir(root)
@@ -326,7 +326,7 @@ def test_cli_serves_on_a_free_port_and_refuses_a_busy_one(data, in_tmp, capsys):
 
 
 def test_cli_says_what_is_missing_or_broken(in_tmp, capsys):
-    (in_tmp / "params.yaml").write_text("{}\n")
+    write_params(in_tmp, {})
     assert main(["review", "--port", "0", "--no-browser"]) == 2
     assert "data/dedup/candidates.csv: not found; run `dvc repro dedup` first" in capsys.readouterr().err
 

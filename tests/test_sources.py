@@ -14,8 +14,8 @@ import yaml
 from pipeline import download, sources
 from pipeline.__main__ import main
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, params_from_dict
-from tests.conftest import make_project, sh
+from pipeline.params import DownloadParams, from_defaults, params_from_dict
+from tests.conftest import make_project, sh, write_params
 from tests.loopback import Routes, Server, image_bytes
 
 FIXTURE = Path(__file__).parent / "fixtures/bing_async.html"
@@ -40,7 +40,7 @@ def test_urls_text_file_with_optional_page_column(tmp_path):
     f.write_text(
         "# exported from a browser\nhttp://a/1.jpg http://a/page\n\n  https://b/2.png\nfile:///etc/x\n"
     )
-    tasks = sources.urls(DownloadParams(source="urls", urls_file=str(f)))
+    tasks = sources.urls(from_defaults(DownloadParams, source="urls", urls_file=str(f)))
     assert [(t.url, t.page_url) for t in tasks] == [
         ("http://a/1.jpg", "http://a/page"),
         ("https://b/2.png", ""),
@@ -52,11 +52,11 @@ def test_urls_text_file_with_optional_page_column(tmp_path):
 def test_urls_csv_with_and_without_header(tmp_path):
     f = tmp_path / "urls.csv"
     f.write_text('\ufefftitle,page_url,url\nMario,http://a/p,"http://a/1.jpg?w=1,h=2"\r\n')
-    assert [(t.url, t.page_url) for t in sources.urls(DownloadParams(urls_file=str(f)))] == [
+    assert [(t.url, t.page_url) for t in sources.urls(from_defaults(DownloadParams, urls_file=str(f)))] == [
         ("http://a/1.jpg?w=1,h=2", "http://a/p")
     ]
     f.write_text("http://a/1.jpg,http://a/p\nhttp://a/2.jpg\n")
-    assert [(t.url, t.page_url) for t in sources.urls(DownloadParams(urls_file=str(f)))] == [
+    assert [(t.url, t.page_url) for t in sources.urls(from_defaults(DownloadParams, urls_file=str(f)))] == [
         ("http://a/1.jpg", "http://a/p"),
         ("http://a/2.jpg", ""),
     ]
@@ -74,7 +74,7 @@ def test_bing_parses_a_saved_results_page_with_icrawler(monkeypatch):
         )
 
     monkeypatch.setattr(Session, "get", fake_get)
-    tasks = sources.bing("super mario", DownloadParams(source="bing", limit=10))
+    tasks = sources.bing("super mario", from_defaults(DownloadParams, source="bing", limit=10))
     assert asked == ["https://www.bing.com/images/async?q=super mario&first=0"]
     # icrawler's parser keeps .jpg results only, cut at ".jpg".
     assert [(t.url, t.page_url) for t in tasks] == [
@@ -89,7 +89,7 @@ def test_bing_with_no_results_says_so(monkeypatch, caplog):
     from icrawler.utils import Session
 
     monkeypatch.setattr(Session, "get", lambda self, url, **kw: SimpleNamespace(content=b"<html></html>"))
-    assert sources.bing("mario", DownloadParams(source="bing", limit=5)) == []
+    assert sources.bing("mario", from_defaults(DownloadParams, source="bing", limit=5)) == []
     assert "bing: 0 results for query 'mario'" in caplog.text
 
 
@@ -167,7 +167,7 @@ def test_folder_source_imports_checked_images(in_tmp):
     ],
 )
 def test_bad_input_gives_one_clear_error_line(in_tmp, capsys, download_params, message):
-    Path("params.yaml").write_text(yaml.safe_dump({"download": download_params}))
+    write_params(Path("."), {"download": download_params})
     assert main(["download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1

@@ -36,7 +36,6 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,7 +47,7 @@ from pipeline.curate import Manifest, ManifestError, format_manifest, parse_mani
 from pipeline.fetch import MAX_URL, Fetcher, Task, read_log
 from pipeline.params import params_from_dict
 from pipeline.review import create_app
-from tests.conftest import ROOT, env, make_project, sh
+from tests.conftest import ROOT, env, make_project, sh, write_params
 from tests.loopback import Server, _Quiet, bomb_png, image_bytes
 from tests.test_review_api import BASE, PORT, make_dataset, rows, start_review
 
@@ -81,9 +80,15 @@ BAD_URLS = {
 }
 
 
+def fetcher(store: Path) -> Fetcher:
+    return Fetcher(
+        store, workers=2, per_host=2, timeout=2, retries=0, max_bytes=200_000, min_side=32, ca_bundle=""
+    )
+
+
 @pytest.mark.parametrize("url", list(BAD_URLS), ids=lambda u: u[:24])
 def test_an_unparseable_url_is_rejected_with_a_reason_never_raised(tmp_path, url):
-    outcome = Fetcher(tmp_path, retries=0, timeout=1).fetch(Task(url))
+    outcome = fetcher(tmp_path).fetch(Task(url))
     assert not outcome.ok and not outcome.retry
     assert outcome.reason.startswith(BAD_URLS[url]), outcome.reason
 
@@ -112,7 +117,7 @@ def redirector():
 
 @pytest.mark.parametrize("target", ["http://[::1/x.jpg", "http://a..b/x.jpg", "file:///etc/passwd"])
 def test_a_redirect_to_an_unparseable_url_is_rejected(tmp_path, redirector, target):
-    outcome = Fetcher(tmp_path, retries=0, timeout=2).fetch(Task(redirector + urllib.request.quote(target)))
+    outcome = fetcher(tmp_path).fetch(Task(redirector + urllib.request.quote(target)))
     assert not outcome.ok and not outcome.retry
     assert outcome.reason.startswith(("bad redirect", "bad URL", "scheme 'file' refused")), outcome.reason
 
@@ -426,10 +431,10 @@ def failing_writes(monkeypatch, folder: Path, code: int) -> None:
 def accepted(data) -> list[str]:
     params = params_from_dict({"download": {"count": 30}, "curate": {"include_pending": True}})
     curate.run(params)
-    (in_params := yaml.safe_load(open("params.yaml"))).update(
-        {"resize": {"size": 32, "workers": 1}, "train": {"resolution": 32}}
+    write_params(
+        Path.cwd(),
+        {"download": {"count": 30}, "resize": {"size": 32, "workers": 1}, "train": {"resolution": 32}},
     )
-    Path("params.yaml").write_text(yaml.safe_dump(in_params))
     return [r["id"] for r in csv.DictReader(open(paths.CURATED / "accepted.csv"))]
 
 
@@ -571,7 +576,7 @@ def test_resize_workers_die_with_their_parent_after_kill_9(in_tmp):
     noise.save(paths.RAW / "big.png", compress_level=1)
     paths.CURATED.mkdir(parents=True)
     (paths.CURATED / "accepted.csv").write_text("id,file\n" + "".join(f"n{i},big.png\n" for i in range(40)))
-    (in_tmp / "params.yaml").write_text(yaml.safe_dump({"resize": {"size": 64, "workers": 2}}))
+    write_params(in_tmp, {"resize": {"size": 64, "workers": 2}})
     stage = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "resize"],
         env=E,
