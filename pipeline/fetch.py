@@ -38,7 +38,6 @@ from pipeline.params import DownloadParams
 SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
 MAX_URL = 16_384  # characters; far beyond any real image URL, well within a CSV cell
-USER_AGENT = "mario-gan/0.1 (+https://github.com/; image dataset builder)"
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
 
@@ -178,8 +177,10 @@ class Fetcher:
         min_side: int,
         ca_bundle: str,
         backoff: float = 1.0,
+        user_agent: str,
     ) -> None:
         self.store = Path(store)
+        self.user_agent = user_agent
         self.workers = workers
         self.per_host = per_host
         self.timeout = timeout
@@ -206,13 +207,14 @@ class Fetcher:
             min_side=p.min_side,
             ca_bundle=p.ca_bundle,
             backoff=backoff,
+            user_agent=p.user_agent,
         )
 
     def _session(self) -> requests.Session:
         # One session per thread: requests.Session is not guaranteed thread-safe.
         if not hasattr(self._local, "session"):
             s = requests.Session()
-            s.headers["User-Agent"] = USER_AGENT
+            s.headers["User-Agent"] = self.user_agent
             self._local.session = s
         return self._local.session
 

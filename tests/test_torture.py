@@ -82,7 +82,15 @@ BAD_URLS = {
 
 def fetcher(store: Path) -> Fetcher:
     return Fetcher(
-        store, workers=2, per_host=2, timeout=2, retries=0, max_bytes=200_000, min_side=32, ca_bundle=""
+        store,
+        workers=2,
+        per_host=2,
+        timeout=2,
+        retries=0,
+        max_bytes=200_000,
+        min_side=32,
+        ca_bundle="",
+        user_agent="mario-gan-tests",
     )
 
 
