@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib
 import io
 import logging
 import os
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from pipeline import bing, ddg, openverse
 from pipeline.errors import PipelineError
 from pipeline.fetch import Task
 from pipeline.images import IMAGE_SUFFIXES
@@ -219,7 +219,7 @@ def google(query: str, p: DownloadParams) -> list[Hit]:
 
 def pages(engine: str, query: str, p: DownloadParams) -> Iterator[Page]:
     """Results pages of one query from bing, ddg or openverse (each in its own module)."""
-    return importlib.import_module(f"pipeline.{engine}").pages(query, p)
+    return {"bing": bing, "ddg": ddg, "openverse": openverse}[engine].pages(query, p)
 
 
 def find(engine: str, query: str, p: DownloadParams) -> list[Hit]:
