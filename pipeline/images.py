@@ -119,11 +119,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_csv_atomic(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict]) -> None:
+    # With "\n" as its terminator, csv leaves a lone "\r" in a value unquoted and every reader splits
+    # the row there; with "\r\n" it quotes it. Each line is written with "\r\n" and ends in "\n".
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\r\n")
+
+    def line() -> str:
+        text = buf.getvalue()[:-2] + "\n"
+        buf.seek(0)
+        buf.truncate()
+        return text
+
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(fieldnames), lineterminator="\n")
         writer.writeheader()
+        fh.write(line())
         for row in rows:
             writer.writerow(row)
+            fh.write(line())
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
