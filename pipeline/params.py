@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,16 @@ class ParamsError(PipelineError):
     """A value in params.yaml is missing, unknown, mistyped or out of range."""
 
 
+# Search engines (the rest of download.source: synthetic, urls, folder).
+ENGINES = ("google", "bing", "ddg", "openverse")
+SOURCES = ("synthetic", *ENGINES, "urls", "folder")
+# Sources that can share one run; synthetic and folder stand alone.
+COMBINABLE = (*ENGINES, "urls")
+
+
 @dataclass(frozen=True)
 class DownloadParams:
-    source: Literal["synthetic", "google", "bing", "urls", "folder"]
+    source: str | list[str]
     count: int
     seed: int
     queries: list[str]
@@ -46,7 +54,10 @@ class DownloadParams:
     folder: str
     chromedriver: str
     chrome: str
-    search_url: str
+    search_url: str | dict[str, str]
+    market: str
+    licenses: list[str]
+    user_agent: str
     workers: int
     per_host: int
     timeout: float
@@ -55,7 +66,30 @@ class DownloadParams:
     min_side: int
     ca_bundle: str
 
+    @property
+    def sources(self) -> list[str]:
+        """download.source as a list: `bing` and `[bing]` are the same."""
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+    def engine_url(self, engine: str) -> str:
+        """download.search_url for one engine: its entry in a mapping, or the string for a one-engine run."""
+        if isinstance(self.search_url, dict):
+            return self.search_url.get(engine, "")
+        return self.search_url if self.sources == [engine] else ""
+
     def validate(self) -> None:
+        src = self.sources
+        _check(
+            bool(src) and all(isinstance(s, str) and s in SOURCES for s in src),
+            "download.source",
+            f"must be one of {', '.join(SOURCES)}, or a list of {', '.join(COMBINABLE)}; got {self.source!r}",
+        )
+        _check(
+            len(src) == 1 or all(s in COMBINABLE for s in src),
+            "download.source",
+            f"only {', '.join(COMBINABLE)} can be combined in a list; got {self.source!r}",
+        )
+        _check(len(set(src)) == len(src), "download.source", f"lists a source twice: {self.source!r}")
         _check(self.count >= 1, "download.count", f"must be at least 1, got {self.count}")
         q = self.queries
         _check(
@@ -63,17 +97,32 @@ class DownloadParams:
             "download.queries",
             f"must be a list of search queries like ['mario', 'super mario'], got {q!r}",
         )
-        if self.source in ("google", "bing"):
-            _check(bool(q), "download.queries", f"must list at least one query for source {self.source}")
+        engines = [s for s in src if s in ENGINES]
+        if engines:
+            _check(bool(q), "download.queries", f"must list at least one query for source {engines[0]}")
         _check(1 <= self.limit <= 1000, "download.limit", f"must be 1..1000 per query, got {self.limit}")
-        if self.source == "urls":
+        if "urls" in src:
             _check(bool(self.urls_file), "download.urls_file", "must name a file of URLs for source urls")
-        if self.source == "folder":
+        if "folder" in src:
             _check(bool(self.folder), "download.folder", "must name a directory of images for source folder")
+        self._validate_search_url(engines)
         _check(
-            not self.search_url or "{query}" in self.search_url,
-            "download.search_url",
-            f"must contain {{query}}, or be empty for the engine's own, got {self.search_url!r}",
+            isinstance(self.market, str)
+            and len(self.market.split("-")) <= 2
+            and self.market.replace("-", "").isalpha(),
+            "download.market",
+            f"must be a market code like en-US or de-DE, got {self.market!r}",
+        )
+        lic = self.licenses
+        _check(
+            isinstance(lic, list) and all(isinstance(x, str) and x.strip() for x in lic),
+            "download.licenses",
+            f"must be a list of licence codes like [cc0, pdm, by, by-sa] ([] = keep all), got {lic!r}",
+        )
+        _check(
+            isinstance(self.user_agent, str) and self.user_agent.strip() and self.user_agent.isprintable(),
+            "download.user_agent",
+            f"must be one line naming the project and a contact URL, got {self.user_agent!r}",
         )
         _check(1 <= self.workers <= 256, "download.workers", f"must be 1..256, got {self.workers}")
         _check(1 <= self.per_host <= 64, "download.per_host", f"must be 1..64, got {self.per_host}")
@@ -81,6 +130,43 @@ class DownloadParams:
         _check(0 <= self.retries <= 10, "download.retries", f"must be 0..10, got {self.retries}")
         _check(self.max_bytes >= 1024, "download.max_bytes", f"must be at least 1024, got {self.max_bytes}")
         _check(self.min_side >= 1, "download.min_side", f"must be at least 1 pixel, got {self.min_side}")
+
+    def _validate_search_url(self, engines: list[str]) -> None:
+        urls = self.search_url
+        if isinstance(urls, str):
+            _check(
+                not urls or len(engines) <= 1,
+                "download.search_url",
+                "is one URL but download.source lists several engines; "
+                "give a mapping like {bing: URL, openverse: URL}",
+            )
+            urls = {engines[0]: urls} if urls and engines else {}
+        _check(
+            isinstance(urls, dict) and all(isinstance(v, str) for v in urls.values()),
+            "download.search_url",
+            f"must be a URL, or a mapping of engine to URL, got {self.search_url!r}",
+        )
+        for engine, url in urls.items():
+            name = (
+                f"download.search_url.{engine}"
+                if isinstance(self.search_url, dict)
+                else "download.search_url"
+            )
+            _check(engine in ENGINES, name, f"unknown engine (known: {', '.join(ENGINES)})")
+            if engine == "google":
+                _check(
+                    not url or "{query}" in url,
+                    name,
+                    f"must contain {{query}}, or be empty for the engine's own, got {url!r}",
+                )
+            elif engine == "ddg":
+                _fail(name, "ddg takes no URL; ddgs reads a proxy from the DDGS_PROXY environment variable")
+            else:
+                _check(
+                    not url or url.startswith(("http://", "https://")),
+                    name,
+                    f"must be an http(s) URL of the engine's endpoint, or empty for its own, got {url!r}",
+                )
 
 
 @dataclass(frozen=True)
@@ -308,8 +394,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or value not in choices:
             _fail(name, f"must be one of {', '.join(map(str, choices))}, got {_show(value)}")
         return value
-    if origin is list:
-        return value  # the section's validate() says what the items must be
+    if origin is list or origin is types.UnionType:
+        return value  # the section's validate() says what the items (or which form) must be
     if annotation is bool:
         if not isinstance(value, bool):
             _fail(name, f"must be true or false, got {_show(value)}")

@@ -33,6 +33,7 @@ def fetcher(tmp_path, **kw) -> Fetcher:
         max_bytes=200_000,
         min_side=32,
         ca_bundle="",
+        user_agent="mario-gan-test",
     )
     return Fetcher(tmp_path / "store", **(opts | kw))
 

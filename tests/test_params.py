@@ -47,7 +47,16 @@ def test_defaults_live_only_in_params_yaml():
     # Fetcher's limits are the download section's: no second set of defaults in its signature.
     names = {f.name for f in dataclasses.fields(DownloadParams)}
     shared = {n: p for n, p in inspect.signature(Fetcher).parameters.items() if n in names}
-    assert set(shared) == {"workers", "per_host", "timeout", "retries", "max_bytes", "min_side", "ca_bundle"}
+    assert set(shared) == {
+        "workers",
+        "per_host",
+        "timeout",
+        "retries",
+        "max_bytes",
+        "min_side",
+        "ca_bundle",
+        "user_agent",
+    }
     assert all(p.default is inspect.Parameter.empty for p in shared.values())
 
 
