@@ -12,6 +12,8 @@ Outputs (in data/processed/):
   <id>.png                    resize.size x resize.size RGB
   index.csv                   id, file, upright source size, format and colour mode, mode, size
   skipped.csv                 accepted images that could not be used, with the reason
+  ATTRIBUTION.csv             per training image: where it came from and its licence, creator
+                              and credit line as the search engine gave them (data/raw/index.csv)
   contact_sheet.png           every training image with its id: look before training
   contact_sheet_<n>.png       further pages when there are more than PAGE images
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import paths
+from pipeline import contracts, paths
 from pipeline.errors import PipelineError
 from pipeline.images import (
     RGB,
@@ -195,6 +197,10 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     return written
 
 
+def _credit(row: dict) -> dict:
+    return {k: row.get(k) or "" for k in contracts.PROCESSED_ATTRIBUTION.fields}
+
+
 def run(params: Params) -> list[dict]:
     """Resize the accepted images in parallel and write the index, skip list and contact sheets."""
     p = params.resize
@@ -228,6 +234,9 @@ def run(params: Params) -> list[dict]:
             f.unlink()
     write_csv_atomic(out / "index.csv", INDEX_FIELDS, rows)
     write_csv_atomic(out / "skipped.csv", SKIPPED_FIELDS, skipped)
+    raw_index = {r["id"]: r for r in read_csv(raw / "index.csv")} if (raw / "index.csv").exists() else {}
+    credits = [raw_index.get(r["id"], {}) | {"id": r["id"], "file": r["file"]} for r in rows]
+    contracts.PROCESSED_ATTRIBUTION.write([_credit(c) for c in credits])
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"
     sheets = write_contact_sheets(out, [(thumbs[r["id"]], r["id"]) for r in rows], title)
     log.info(
