@@ -55,7 +55,8 @@ from pipeline.model import Discriminator
 from pipeline.params import TrainParams, load_params
 from pipeline.sample import latents, nearest_neighbours
 from pipeline.swd import multiscale_swd
-from pipeline.train import Trainer, load_dataset, to_image, to_uint8
+from pipeline.tensors import load_dataset, to_image, to_uint8
+from pipeline.trainer import Trainer, _make_adam
 
 # name -> overrides of params.yaml's train section. "defaults" is the baseline every ratio is against.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -79,22 +80,45 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bs64": {"batch_size": 64},
     "betas_0_99": {"beta1": 0.0, "beta2": 0.99},
     "ema_1": {"ema_kimg": 1.0},
+    "lecam": {"lecam": 0.3},
 }
-STUDY_ONLY = ("lr_g", "lr_d", "d_channels")
-TINY_CONFIGS = ["defaults", "ttur", "d_half"]  # --tiny: one of each code path
+STUDY_ONLY = ("lr_g", "lr_d", "d_channels", "lecam")
+TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam"]  # --tiny: one of each code path
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
 
 
+class LeCamTrainer(Trainer):
+    """D's loss plus LeCam regularisation (Tseng et al. 2021): D's outputs on real images are pulled
+    towards the moving average of its outputs on fakes and vice versa, which bounds how far D can
+    separate a few hundred images."""
+
+    decay = 0.99
+    lecam = 0.0
+    ema_real = ema_fake = None
+
+    def d_loss(self, out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+        base = super().d_loss(out_real, out_fake)
+        if self.ema_real is None:
+            self.ema_real, self.ema_fake = out_real.detach().mean(), out_fake.detach().mean()
+        self.ema_real = self.decay * self.ema_real + (1 - self.decay) * out_real.detach().mean()
+        self.ema_fake = self.decay * self.ema_fake + (1 - self.decay) * out_fake.detach().mean()
+        reg = (out_real - self.ema_fake).relu().square().mean() + (
+            self.ema_real - out_fake
+        ).relu().square().mean()
+        return base + self.lecam * reg
+
+
 def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
-    t = Trainer(p, data, torch.device("cpu"))
+    t = (LeCamTrainer if "lecam" in extra else Trainer)(p, data, torch.device("cpu"))
+    t.lecam = extra.get("lecam", 0.0)
     if "d_channels" in extra:
         torch.manual_seed(p.seed + 777)
         t.d = Discriminator(p.resolution, extra["d_channels"], p.max_channels, p.spectral_norm)
         t.d = t.d.to(memory_format=t.fmt)
         t.d_fwd = t.d
-        t.opt_d = torch.optim.Adam(t.d.parameters(), lr=p.lr, betas=(p.beta1, p.beta2))
+        t.opt_d = _make_adam(t.d.parameters(), p, t.device)
     for key, opt in (("lr_g", t.opt_g), ("lr_d", t.opt_d)):
         if key in extra:
             for group in opt.param_groups:
@@ -258,6 +282,24 @@ def plot(rows: list[dict[str, Any]], names: list[str], round_name: str, path: Pa
     path.write_bytes(buf.getvalue())
 
 
+def side_by_side(paths_: list[Path], labels: list[str], path: Path) -> None:
+    """The grids next to each other, each with its label above it."""
+    from PIL import Image, ImageDraw
+
+    grids = [Image.open(q).convert("RGB") for q in paths_]
+    pad, head = 12, 24
+    w = sum(g.width for g in grids) + pad * (len(grids) + 1)
+    h = max(g.height for g in grids) + head + pad
+    sheet = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = pad
+    for grid, label in zip(grids, labels, strict=True):
+        draw.text((x, 6), label, fill="black")
+        sheet.paste(grid, (x, head))
+        x += grid.width + pad
+    sheet.save(path)
+
+
 def tiny_data(n: int = 24, size: int = 32) -> torch.Tensor:
     """The first `n` built-in synthetic pictures at `size` px: what --tiny trains on."""
     from PIL import Image
@@ -294,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quality_study"), help="output folder")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", type=Path, default=paths.PROCESSED, help="processed images (index.csv)")
-    ap.add_argument("--plot", default="", help="comma list of configs: write <out>/swd_vs_minutes.png only")
+    ap.add_argument(
+        "--plot", default="", help="comma list of configs: only write the SWD-vs-minutes plot and their grids"
+    )
     ap.add_argument("--tiny", action="store_true", help="32 px, 24 images, a few steps: a smoke test")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -302,8 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     results = args.out / "results.jsonl"
     rows, budget = load_results(results)
     if args.plot:
-        plot(rows, args.plot.split(","), args.round, args.out / "swd_vs_minutes.png")
-        print(f"wrote {args.out / 'swd_vs_minutes.png'}")
+        names = args.plot.split(",")
+        plot(rows, names, args.round, args.out / "swd_vs_minutes.png")
+        grids = [args.out / f"{args.round}_{n}_s0.png" for n in names]
+        side_by_side(grids, [f"{n} (seed 0)" for n in names], args.out / "grids_side_by_side.png")
+        print(f"wrote {args.out / 'swd_vs_minutes.png'} and {args.out / 'grids_side_by_side.png'}")
         return 0
 
     names = TINY_CONFIGS if args.tiny else list(CONFIGS) if args.configs == "all" else args.configs.split(",")

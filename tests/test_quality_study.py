@@ -39,6 +39,10 @@ def test_tiny_study_measures_budget_then_screens_and_continues(tmp_path, capsys)
     # A second call finds every run done: nothing is trained again, the table is the same.
     assert study.main(args) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
+    pytest.importorskip("matplotlib")
+    assert study.main(["--plot", "defaults,ttur", "--round", "screen", "--out", str(out)]) == 0
+    assert (out / "swd_vs_minutes.png").stat().st_size > 0
+    assert (out / "grids_side_by_side.png").stat().st_size > 0
 
 
 def test_study_only_overrides_reach_the_optimisers():
