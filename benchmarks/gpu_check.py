@@ -27,9 +27,13 @@ stages ran in, with their logs.
 It needs only torch, torchvision, numpy, Pillow, PyYAML and tqdm: it runs from
 this source tree (no `pip install -e .`), with no DVC, Prefect or imagehash.
 The built-in dataset is made here by the project's own code: the images of
-pipeline/synthetic.py that the git-tracked manifest accepts (what the
-download, dedup and curate stages select), squared by the resize stage.
-`--processed DIR` uses a data/processed folder you made instead.
+pipeline/synthetic.py that the git-tracked manifest accepts, squared by the
+resize stage. That is the set `dvc repro resize` makes, except that the dedup
+stage (which needs imagehash) is not run: an accepted image that dedup groups
+as a near-duplicate of another stays in (1 of 295 at present;
+tests/test_gpu_check.py checks the rest is pixel-identical). For exactly the
+pipeline's set, run `dvc repro resize` where the project is installed and pass
+`--processed data/processed`; any other processed folder works the same way.
 """
 
 from __future__ import annotations
@@ -128,9 +132,8 @@ def write_params(run_dir: Path, params: dict) -> None:
 
 
 def build_dataset(run_dir: Path, params: dict, limit: int | None = None) -> int:
-    """run_dir/data/processed from the built-in set, as download -> dedup -> curate -> resize make it
-    with the git-tracked manifest: the manifest's accepted synthetic images, squared by the resize stage.
-    Returns the number of images."""
+    """run_dir/data/processed from the built-in set: the manifest's accepted synthetic images, squared
+    by the resize stage (no dedup: see the module's docstring). Returns the number of images."""
     manifest = curate.read_manifest(ROOT / paths.MANIFEST)
     seed, count = params["download"]["seed"], params["download"]["count"]
     raw = run_dir / paths.RAW
@@ -289,7 +292,9 @@ def markdown(report: dict[str, Any]) -> str:
         ev = r.get("evaluate", {})
         tr = r["train"]
         lines += [
-            f"## The README's recipe at {r['resolution']}², {tr['budget_s']:.0f} s of wall clock, {r['images']} built-in images",
+            f"## The README's recipe at {r['resolution']}², {tr['budget_s']:.0f} s of wall clock",
+            "",
+            f"Dataset: {r['dataset']}.",
             "",
             "| img/s (wall clock) | kimg | steps | SWD avg | real-vs-real floor | SWD / floor | 2,000 kimg would take |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -412,15 +417,26 @@ def main(argv: list[str] | None = None) -> int:
         params = merge(params, TINY)
     write_params(run_dir, params)
     if args.processed:
+        if not (args.processed / "index.csv").is_file():
+            raise SystemExit(
+                f"error: --processed {args.processed}: no index.csv; give a data/processed folder"
+            )
         shutil.copytree(args.processed, run_dir / paths.PROCESSED)
-        images = sum(1 for _ in (run_dir / paths.PROCESSED).glob("*.png"))
+        images = len((run_dir / paths.PROCESSED / "index.csv").read_text().splitlines()) - 1
+        dataset = f"{args.processed} ({images} images)"
     else:
         images = build_dataset(run_dir, params, TINY_IMAGES if args.tiny else None)
+        dataset = f"built-in: {images} images the manifest accepts, from pipeline/synthetic.py, resize stage"
     t = params["train"]
     elapsed = time.perf_counter() - begin
     budget = 5 if args.tiny else max(30.0, min(args.train_seconds, args.minutes * 60 - elapsed - RESERVE_S))
     print(f"training {t['resolution']}² for {budget:.0f} s on {images} images", flush=True)
-    recipe: dict[str, Any] = {"resolution": t["resolution"], "images": images, "params": params["train"]}
+    recipe: dict[str, Any] = {
+        "resolution": t["resolution"],
+        "images": images,
+        "dataset": dataset,
+        "params": params["train"],
+    }
     recipe["train"] = train_for(run_dir, budget, t["batch_size"])
     recipe["hours_for_2000_kimg"] = 2e6 / recipe["train"]["img_per_sec"] / 3600
     for name in ("sample", "evaluate"):
