@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import curate, paths, synthetic  # noqa: E402
 from pipeline.images import write_bytes_atomic, write_csv_atomic  # noqa: E402
-from pipeline.params import params_from_dict  # noqa: E402
+from pipeline.params import defaults, params_from_dict  # noqa: E402
 
 RECIPE_HEADING = "### A real Mario run on a GPU"
 TARGET_RATIO = 3.0
@@ -410,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
-    base = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params = merge(base, readme_recipe())
+    params = merge(defaults(), readme_recipe())
     params = merge(params, {"train": {"kimg": 1e6, "device": device.type, "resume": True}})
     if args.tiny:
         params = merge(params, TINY)

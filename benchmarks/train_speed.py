@@ -1,4 +1,4 @@
-"""Training speed: pipeline.train.Trainer against a pytorch/examples-style DCGAN loop.
+"""Training speed: pipeline.trainer.Trainer against a pytorch/examples-style DCGAN loop.
 
 Both train the same G and D (pipeline.model) with the same batch on the same
 few hundred images, measured side by side on whatever device is present:
@@ -45,8 +45,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.model import Discriminator, Generator
-from pipeline.params import TrainParams
-from pipeline.train import Trainer, pick_device
+from pipeline.params import TrainParams, from_defaults
+from pipeline.tensors import pick_device
+from pipeline.trainer import Trainer
 
 IMAGES = 300  # about the size of a curated Mario set
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, from the vendors' datasheets; where a
@@ -138,7 +139,9 @@ def reference_steps(args: argparse.Namespace, device: torch.device) -> tuple[int
 
 
 def ours_steps(args: argparse.Namespace, device: torch.device) -> tuple[int, float]:
-    p = TrainParams(
+    p = from_defaults(
+        TrainParams,
+        upsample="deconv",  # the pytorch/examples G the reference loop trains
         resolution=args.size,
         channels=args.channels,
         batch_size=args.batch,
@@ -168,7 +171,14 @@ def model_flops_per_image(args: argparse.Namespace, device: torch.device) -> flo
     """FLOPs of one training step per image: G forward/backward, D three forwards and their backwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    p = TrainParams(resolution=args.size, channels=args.channels, batch_size=args.batch, diffaugment="none")
+    p = from_defaults(
+        TrainParams,
+        upsample="deconv",
+        resolution=args.size,
+        channels=args.channels,
+        batch_size=args.batch,
+        diffaugment="none",
+    )
     t = Trainer(p, make_images(args.batch, args.size), device)
     t.step()
     with FlopCounterMode(display=False) as counter:

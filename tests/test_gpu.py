@@ -33,7 +33,8 @@ from PIL import Image
 
 from pipeline import evaluate, paths, sample, train
 from pipeline.images import write_csv_atomic
-from pipeline.params import Params, TrainParams, params_from_dict
+from pipeline.params import Params, TrainParams, from_defaults, params_from_dict
+from pipeline.trainer import Trainer
 
 try:
     import pytest
@@ -96,9 +97,9 @@ def stage_params(device: torch.device, size: int = 32, **train_params) -> Params
     )
 
 
-def trainer(device: torch.device, size: int = 32, **overrides) -> train.Trainer:
-    p = TrainParams(resolution=size, channels=8, batch_size=8, **overrides)
-    return train.Trainer(p, blocky_images(32, size), device)
+def trainer(device: torch.device, size: int = 32, **overrides) -> Trainer:
+    p = from_defaults(TrainParams, resolution=size, channels=8, batch_size=8, **overrides)
+    return Trainer(p, blocky_images(32, size), device)
 
 
 def weights(module: torch.nn.Module) -> torch.Tensor:
@@ -249,13 +250,21 @@ def check_stages(device: torch.device, root: Path) -> dict[str, float]:
 
 def check_memory_256(device: torch.device) -> dict[str, float]:
     """A 256x256 step at batch 64 and 64 channels (the README's recipe) fits; returns its peak memory."""
-    p = TrainParams(resolution=256, channels=64, batch_size=64, upsample="nearest", precision="auto")
+    p = from_defaults(
+        TrainParams,
+        resolution=256,
+        channels=64,
+        batch_size=64,
+        upsample="nearest",
+        precision="auto",
+        compile=False,
+    )
     data = blocky_images(128, 256)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    t = train.Trainer(p, data, device)
+    t = Trainer(p, data, device)
     for _ in range(2):
         t.step()
     (loss_d, loss_g, _, _), _ = t.take_stats()
