@@ -83,13 +83,21 @@ TINY_IMAGES = 16
 
 
 def readme_recipe(readme: Path = ROOT / "README.md") -> dict[str, Any]:
-    """The params block of the README's GPU recipe, as a mapping of stage sections."""
+    """The README's GPU recipe, its `dvc exp run -S section.key=value ...` overrides, as a mapping of
+    stage sections."""
     text = readme.read_text(encoding="utf-8")
-    at = text.find(RECIPE_HEADING)
-    block = re.search(r"```yaml\n(.*?)```", text[at:], re.S) if at >= 0 else None
-    if block is None:
-        raise SystemExit(f"error: {readme}: no ```yaml block under {RECIPE_HEADING!r}; restore the recipe")
-    return yaml.safe_load(block.group(1))
+    section = text.split(RECIPE_HEADING, 1)[1].split("\n#", 1)[0] if RECIPE_HEADING in text else ""
+    block = re.search(r"```sh\n(dvc exp run .*?)```", section, re.S)
+    if block is None or not re.findall(r"-S (\S+)", block.group(1)):
+        raise SystemExit(
+            f"error: {readme}: no `dvc exp run -S ...` block under {RECIPE_HEADING!r}; restore the recipe"
+        )
+    recipe: dict[str, Any] = {}
+    for item in re.findall(r"-S (\S+)", block.group(1)):
+        key, value = item.split("=", 1)
+        name, setting = key.split(".", 1)
+        recipe.setdefault(name, {})[setting] = yaml.safe_load(value)
+    return recipe
 
 
 def merge(base: dict, extra: dict) -> dict:

@@ -182,8 +182,12 @@ def test_the_readme_recipe_is_valid_params_at_256():
 
 
 def test_a_readme_without_the_recipe_is_one_clear_error(tmp_path):
-    (tmp_path / "README.md").write_text("# mario-gan\n\n### A real Mario run on a GPU\n\nno block\n")
-    with pytest.raises(SystemExit, match=r"README.md: no ```yaml block under .*restore the recipe"):
+    (tmp_path / "README.md").write_text(
+        "# mario-gan\n\n### A real Mario run on a GPU\n\n```sh\ndvc repro\n```\n"
+    )
+    with pytest.raises(
+        SystemExit, match=r"README.md: no `dvc exp run -S ...` block under .*restore the recipe"
+    ):
         gpu_check.readme_recipe(tmp_path / "README.md")
 
 
