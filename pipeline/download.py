@@ -42,6 +42,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import paths, sources, synthetic
+from pipeline.contracts import RAW_INDEX, RAW_REJECTED, RAW_REPORT, RAW_TRUTH, RAW_URLS
 from pipeline.errors import PipelineError
 from pipeline.fetch import Fetcher, Outcome, Rejected, Task, clean_temp, now, read_log, store_image, unique
 from pipeline.images import (
@@ -49,11 +50,10 @@ from pipeline.images import (
     probe,
     sha256_file,
     write_bytes_atomic,
-    write_csv_atomic,
     write_text_atomic,
 )
 from pipeline.params import DownloadParams, Params
-from pipeline.search import LICENCE_FIELDS, EngineError, keep_licensed
+from pipeline.search import EngineError, keep_licensed
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +61,10 @@ log = logging.getLogger(__name__)
 CACHE = paths.DOWNLOAD_CACHE
 
 # What the engine said about an image (only openverse knows licences); empty otherwise.
-META_FIELDS = ["title", *LICENCE_FIELDS]
-INDEX_FIELDS = [
-    "id",
-    "source",
-    "query",
-    "origin",
-    "page_url",
-    "file",
-    "sha256",
-    "bytes",
-    "width",
-    "height",
-    "format",
-    "fetched_at",
-    *META_FIELDS,
-]
-URL_FIELDS = ["id", "source", "query", "url", "page_url", "fetched_at"]
-REJECTED_FIELDS = ["source", "query", "url", "page_url", "reason", "retry", "fetched_at"]
-TRUTH_FIELDS = ["id", "kind", "subject", "duplicate_of", "transform"]
+# The columns are declared in pipeline/contracts.py.
+META_FIELDS = list(RAW_INDEX.optional)
+INDEX_FIELDS = RAW_INDEX.fields
+TRUTH_FIELDS = RAW_TRUTH.fields
 
 
 def _synthetic(p: DownloadParams, out: Path) -> tuple[list[dict], list[dict]]:
@@ -240,7 +225,7 @@ def _write_reports(
                     "url": t.url,
                     "page_url": t.page_url,
                     "reason": o.reason,
-                    "retry": "yes" if o.retry else "no",
+                    "retry": o.retry,
                     "fetched_at": o.fetched_at,
                 }
             )
@@ -277,9 +262,9 @@ def _write_reports(
                 **{k: getattr(t, k, "") for k in META_FIELDS},
             }
         )
-    write_csv_atomic(out / "index.csv", INDEX_FIELDS, index)
-    write_csv_atomic(out / "urls.csv", URL_FIELDS, urls)
-    write_csv_atomic(out / "rejected.csv", REJECTED_FIELDS, rejected)
+    RAW_INDEX.write(index)
+    RAW_URLS.write(urls)
+    RAW_REJECTED.write(rejected)
     reasons = Counter(_reason_kind(r["reason"]) for r in rejected)
     report = {
         "source": p.source,
@@ -290,7 +275,7 @@ def _write_reports(
         "rejection_reasons": dict(reasons.most_common()),
         "engines": engines,
     }
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(RAW_REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return index
 
 
@@ -306,18 +291,16 @@ def run(params: Params) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     if p.source == "synthetic":
         index, truth = _synthetic(p, out)
-        write_csv_atomic(out / "index.csv", INDEX_FIELDS, index)
-        write_csv_atomic(out / "ground_truth.csv", TRUTH_FIELDS, truth)
+        RAW_INDEX.write(index)
+        RAW_TRUTH.write(truth)
         log.info("download: %d images in %s", len(index), out)
         return index
     results, engines = (_folder(p, out), {}) if p.source == "folder" else _web(p, out)
     index = _write_reports(p, out, results, engines)
     rejected = sum(not o.ok for _, o in results)
-    log.info(
-        "download: %d images in %s, %d rejected (see %s)", len(index), out, rejected, out / "rejected.csv"
-    )
+    log.info("download: %d images in %s, %d rejected (see %s)", len(index), out, rejected, RAW_REJECTED.path)
     if not index:
         raise PipelineError(
-            f"download: {p.source}: no usable images ({rejected} refused); reasons in {out / 'rejected.csv'}"
+            f"download: {p.source}: no usable images ({rejected} refused); reasons in {RAW_REJECTED.path}"
         )
     return index

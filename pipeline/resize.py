@@ -29,32 +29,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.errors import PipelineError
+from pipeline.contracts import CONTACT_SHEET, CURATED_ACCEPTED, PROCESSED_INDEX, PROCESSED_SKIPPED
 from pipeline.images import (
     RGB,
     Box,
     ImageError,
     contact_sheet,
     decode,
-    read_csv,
     save_image_atomic,
-    write_csv_atomic,
 )
 from pipeline.params import Params, ResizeParams, parse_color
 
 log = logging.getLogger(__name__)
 
-INDEX_FIELDS = [
-    "id",
-    "file",
-    "source_width",
-    "source_height",
-    "source_format",
-    "source_mode",
-    "mode",
-    "size",
-]
-SKIPPED_FIELDS = ["id", "file", "reason"]
 FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
@@ -151,7 +138,7 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     pages = max(1, math.ceil(len(items) / PAGE))
     written = []
     for n in range(pages):
-        name = "contact_sheet.png" if n == 0 else f"contact_sheet_{n + 1}.png"
+        name = CONTACT_SHEET.name if n == 0 else f"{CONTACT_SHEET.stem}_{n + 1}.png"
         chunk = items[n * PAGE : (n + 1) * PAGE]
         page_title = f"{title} - page {n + 1}/{pages}" if pages > 1 else title
         save_image_atomic(contact_sheet(chunk, thumb=THUMB, title=page_title), out / name)
@@ -163,10 +150,7 @@ def run(params: Params) -> list[dict]:
     """Resize the accepted images in parallel and write the index, skip list and contact sheets."""
     p = params.resize
     raw, out = paths.RAW, paths.PROCESSED
-    accepted_csv = paths.CURATED / "accepted.csv"
-    if not accepted_csv.exists():
-        raise PipelineError(f"{accepted_csv}: not found; run `dvc repro curate` first")
-    accepted = read_csv(accepted_csv)
+    accepted = CURATED_ACCEPTED.read()
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(r["id"], str(raw / r["file"]), str(out / f"{r['id']}.png"), p) for r in accepted]
     files = {r["id"]: r["file"] for r in accepted}
@@ -190,8 +174,8 @@ def run(params: Params) -> list[dict]:
     for f in out.glob("*.png"):
         if f.name not in keep:
             f.unlink()
-    write_csv_atomic(out / "index.csv", INDEX_FIELDS, rows)
-    write_csv_atomic(out / "skipped.csv", SKIPPED_FIELDS, skipped)
+    PROCESSED_INDEX.write(rows)
+    PROCESSED_SKIPPED.write(skipped)
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"
     sheets = write_contact_sheets(out, [(thumbs[r["id"]], r["id"]) for r in rows], title)
     log.info(

@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from pipeline.contracts import PROCESSED_INDEX
 from pipeline.errors import PipelineError
 from pipeline.images import atomic_open, read_csv
 
@@ -34,7 +35,7 @@ def pick_device(name: str) -> torch.device:
 
 def load_dataset(processed: Path, resolution: int) -> torch.Tensor:
     """All processed images as a uint8 tensor (N, 3, resolution, resolution)."""
-    index = processed / "index.csv"
+    index = processed / PROCESSED_INDEX.path.name
     if not index.exists():
         raise PipelineError(f"{index}: not found; run `dvc repro resize` first")
     rows = read_csv(index)
