@@ -15,7 +15,7 @@ import logging
 import sys
 
 from pipeline import generate
-from pipeline.errors import PipelineError
+from pipeline.errors import DISK_ERRNOS, PipelineError, disk_error
 from pipeline.params import load_params
 
 STAGES = ["download", "dedup", "curate", "resize", "train", "sample", "evaluate"]
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(f"pipeline.{args.stage}").run(params)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        print(f"error: {disk_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -44,7 +44,18 @@ from tqdm import tqdm
 from pipeline import paths, sources, synthetic
 from pipeline.contracts import RAW_INDEX, RAW_REJECTED, RAW_REPORT, RAW_TRUTH, RAW_URLS
 from pipeline.errors import PipelineError
-from pipeline.fetch import Fetcher, Outcome, Rejected, Task, clean_temp, now, read_log, store_image, unique
+from pipeline.fetch import (
+    Fetcher,
+    Outcome,
+    Rejected,
+    Task,
+    clean_temp,
+    now,
+    read_log,
+    shown,
+    store_image,
+    unique,
+)
 from pipeline.images import (
     ImageError,
     probe,
@@ -200,7 +211,7 @@ def _import(path: Path, p: DownloadParams, out: Path) -> Outcome:
 
 def _folder(p: DownloadParams, out: Path) -> list[tuple[Task, Outcome]]:
     files = sources.folder(p)
-    tasks = [Task(str(f), "", "", "folder") for f in files]
+    tasks = [Task(sources.printable(f), "", "", "folder") for f in files]
     with ThreadPoolExecutor(max_workers=p.workers) as pool:
         jobs = pool.map(lambda f: _import(f, p, out), files)
         outcomes = list(tqdm(jobs, total=len(files), desc=f"folder: {p.folder}", unit="img"))
@@ -222,8 +233,8 @@ def _write_reports(
                 {
                     "source": t.source,
                     "query": t.query,
-                    "url": t.url,
-                    "page_url": t.page_url,
+                    "url": shown(t.url),
+                    "page_url": shown(t.page_url),
                     "reason": o.reason,
                     "retry": o.retry,
                     "fetched_at": o.fetched_at,

@@ -52,6 +52,7 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's 0600 is changed to this
 Box = tuple[float, float, float, float]
 
 # Keep at least this many times the final size before the last Lanczos pass.
@@ -100,8 +101,10 @@ def atomic_open(path: str | Path, mode: str = "wb", *, durable: bool = True, **k
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk fails in write() or fsync(), which name no file
         raise
 
 

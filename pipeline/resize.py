@@ -18,9 +18,14 @@ Outputs (in data/processed/):
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -126,11 +131,42 @@ def _run_jobs(
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_job, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         # One future per image, not chunks: sizes vary 100x, chunks would leave a core idle.
         futures = [pool.submit(_job, j) for j in jobs]
-        for f in as_completed(futures):
-            yield f.result()
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        except BaseException:
+            # A full or read-only disk fails every image the same way: stop at the first.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker start-up: end with the stage, even when it is killed with kill -9.
+
+    Otherwise the workers of a killed stage live on, orphaned, holding memory.
+    On Linux the kernel sends SIGKILL when the parent dies; elsewhere a thread
+    polls for the parent.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(1)
 
 
 def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title: str) -> list[Path]:

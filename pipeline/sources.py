@@ -310,6 +310,17 @@ def urls(p: DownloadParams) -> list[Task]:
 # --- folder -----------------------------------------------------------------
 
 
+def printable(path: Path) -> str:
+    """The path as text that can be written to a UTF-8 file.
+
+    os.walk gives a file name that is not valid UTF-8 as a str with surrogate
+    escapes, which no UTF-8 writer accepts; its undecodable bytes are shown as
+    backslash escapes instead (b"caf\\xe9.jpg" -> "caf\\xe9.jpg"). The file itself is
+    read through the original path, and stored under its content hash.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def folder(p: DownloadParams) -> list[Path]:
     """Image files (by extension) under download.folder, in a stable order; hidden ones skipped."""
     root = Path(p.folder)
@@ -324,6 +335,8 @@ def folder(p: DownloadParams) -> list[Path]:
             path = Path(dirpath) / name
             if not name.startswith(".") and path.suffix.lower() in FOLDER_SUFFIXES and path.is_file():
                 found.append(path)
+                if printable(path) != str(path):
+                    log.warning("folder: %s: file name is not UTF-8; recorded as shown", printable(path))
     if not found:
         raise PipelineError(
             f"params.yaml: download.folder: no image files under {root} "

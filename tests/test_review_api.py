@@ -19,7 +19,7 @@ from pipeline.__main__ import main
 from pipeline.curate import read_manifest
 from pipeline.params import params_from_dict
 from pipeline.review import create_app
-from tests.conftest import env, write_params
+from tests.conftest import ROOT, env, write_params
 
 PORT = 8799
 BASE = f"http://127.0.0.1:{PORT}"
@@ -288,7 +288,10 @@ def test_server_writes_only_the_manifest_and_its_cache(client, data, in_tmp):
     client.get("/api/state")
     after = files()
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert changed == {str(paths.MANIFEST)}
+    # The lock file beside the manifest is created once, empty, and never holds data.
+    lock = paths.MANIFEST.with_name(".manifest.csv.lock")
+    assert changed == {str(paths.MANIFEST), str(lock)}
+    assert (in_tmp / lock).stat().st_size == 0
 
 
 def start_review(cwd) -> tuple[subprocess.Popen, str]:
@@ -296,7 +299,7 @@ def start_review(cwd) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "review", "--port", "0", "--no-browser"],
         cwd=cwd,
-        env=env(),
+        env=env() | {"PYTHONPATH": str(ROOT)},  # this checkout's pipeline, not an installed one
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

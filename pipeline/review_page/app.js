@@ -370,6 +370,12 @@ async function start() {
   setFilter(S.counts && S.counts.pending ? "pending" : "all");
   if (!S.items.length) setStatus("no candidates: run `dvc repro dedup` first", "error");
   else if (!state.error) setStatus(`${S.items.length} candidates; decisions are saved to ${S.manifest}`);
+  // Images whose file cannot be read (a symlink loop, a vanished file) are left out, with the reason.
+  const skipped = data.skipped || [];
+  if (skipped.length) {
+    const first = `${skipped[0].id}: ${skipped[0].reason}`;
+    toast(`${skipped.length} image(s) not shown, unreadable (${first}${skipped.length > 1 ? "; …" : ""})`, true);
+  }
 
   document.addEventListener("keydown", onKey);
   // A clicked button keeps focus, and Space or Enter would press it again: give focus back.
