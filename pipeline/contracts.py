@@ -179,9 +179,12 @@ PROCESSED_INDEX = Table(
     {"source_width": int, "source_height": int, "size": int},
 )
 PROCESSED_SKIPPED = Table(paths.PROCESSED / "skipped.csv", "resize", ("id", "file", "reason"))
-# The training set's credits (issue 13): one row per processed image that has licence data.
+# The training set's credits (issue 13): one row per training image, with where it came from
+# and what its search engine said about its licence (empty when it said nothing).
 PROCESSED_ATTRIBUTION = Table(
-    paths.PROCESSED / "ATTRIBUTION.csv", "resize", ("id", "file", "page_url", *LICENCE_COLUMNS)
+    paths.PROCESSED / "ATTRIBUTION.csv",
+    "resize",
+    ("id", "file", "source", "origin", "page_url", *LICENCE_COLUMNS),
 )
 CONTACT_SHEET = paths.PROCESSED / "contact_sheet.png"
 

@@ -41,8 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline import paths, sources, synthetic
-from pipeline.contracts import RAW_INDEX, RAW_REJECTED, RAW_REPORT, RAW_TRUTH, RAW_URLS
+from pipeline import contracts, paths, sources, synthetic
 from pipeline.errors import PipelineError
 from pipeline.fetch import (
     Fetcher,
@@ -72,10 +71,8 @@ log = logging.getLogger(__name__)
 CACHE = paths.DOWNLOAD_CACHE
 
 # What the engine said about an image (only openverse knows licences); empty otherwise.
-# The columns are declared in pipeline/contracts.py.
-META_FIELDS = list(RAW_INDEX.optional)
-INDEX_FIELDS = RAW_INDEX.fields
-TRUTH_FIELDS = RAW_TRUTH.fields
+META_FIELDS = contracts.LICENCE_COLUMNS
+TRUTH_FIELDS = contracts.RAW_TRUTH.columns
 
 
 def _synthetic(p: DownloadParams, out: Path) -> tuple[list[dict], list[dict]]:
@@ -273,9 +270,9 @@ def _write_reports(
                 **{k: getattr(t, k, "") for k in META_FIELDS},
             }
         )
-    RAW_INDEX.write(index)
-    RAW_URLS.write(urls)
-    RAW_REJECTED.write(rejected)
+    contracts.RAW_INDEX.write(index)
+    contracts.RAW_URLS.write(urls)
+    contracts.RAW_REJECTED.write(rejected)
     reasons = Counter(_reason_kind(r["reason"]) for r in rejected)
     report = {
         "source": p.source,
@@ -286,7 +283,7 @@ def _write_reports(
         "rejection_reasons": dict(reasons.most_common()),
         "engines": engines,
     }
-    write_text_atomic(RAW_REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(contracts.RAW_REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return index
 
 
@@ -302,16 +299,22 @@ def run(params: Params) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     if p.source == "synthetic":
         index, truth = _synthetic(p, out)
-        RAW_INDEX.write(index)
-        RAW_TRUTH.write(truth)
+        contracts.RAW_INDEX.write(index)
+        contracts.RAW_TRUTH.write(truth)
         log.info("download: %d images in %s", len(index), out)
         return index
     results, engines = (_folder(p, out), {}) if p.source == "folder" else _web(p, out)
     index = _write_reports(p, out, results, engines)
     rejected = sum(not o.ok for _, o in results)
-    log.info("download: %d images in %s, %d rejected (see %s)", len(index), out, rejected, RAW_REJECTED.path)
+    log.info(
+        "download: %d images in %s, %d rejected (see %s)",
+        len(index),
+        out,
+        rejected,
+        contracts.RAW_REJECTED.path,
+    )
     if not index:
         raise PipelineError(
-            f"download: {p.source}: no usable images ({rejected} refused); reasons in {RAW_REJECTED.path}"
+            f"download: {p.source}: no usable images ({rejected} refused); reasons in {contracts.RAW_REJECTED.path}"
         )
     return index

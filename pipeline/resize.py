@@ -12,6 +12,8 @@ Outputs (in data/processed/):
   <id>.png                    resize.size x resize.size RGB
   index.csv                   id, file, upright source size, format and colour mode, mode, size
   skipped.csv                 accepted images that could not be used, with the reason
+  ATTRIBUTION.csv             per training image: where it came from and its licence, creator
+                              and credit line as the search engine gave them (data/raw/index.csv)
   contact_sheet.png           every training image with its id: look before training
   contact_sheet_<n>.png       further pages when there are more than PAGE images
 """
@@ -33,8 +35,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import paths
-from pipeline.contracts import CONTACT_SHEET, CURATED_ACCEPTED, PROCESSED_INDEX, PROCESSED_SKIPPED
+from pipeline import contracts, paths
 from pipeline.images import (
     RGB,
     Box,
@@ -174,7 +175,8 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     pages = max(1, math.ceil(len(items) / PAGE))
     written = []
     for n in range(pages):
-        name = CONTACT_SHEET.name if n == 0 else f"{CONTACT_SHEET.stem}_{n + 1}.png"
+        sheet = contracts.CONTACT_SHEET
+        name = sheet.name if n == 0 else f"{sheet.stem}_{n + 1}{sheet.suffix}"
         chunk = items[n * PAGE : (n + 1) * PAGE]
         page_title = f"{title} - page {n + 1}/{pages}" if pages > 1 else title
         save_image_atomic(contact_sheet(chunk, thumb=THUMB, title=page_title), out / name)
@@ -182,11 +184,15 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     return written
 
 
+def _credit(row: dict) -> dict:
+    return {k: row.get(k) or "" for k in contracts.PROCESSED_ATTRIBUTION.fields}
+
+
 def run(params: Params) -> list[dict]:
     """Resize the accepted images in parallel and write the index, skip list and contact sheets."""
     p = params.resize
     raw, out = paths.RAW, paths.PROCESSED
-    accepted = CURATED_ACCEPTED.read()
+    accepted = contracts.CURATED_ACCEPTED.read()
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(r["id"], str(raw / r["file"]), str(out / f"{r['id']}.png"), p) for r in accepted]
     files = {r["id"]: r["file"] for r in accepted}
@@ -210,8 +216,11 @@ def run(params: Params) -> list[dict]:
     for f in out.glob("*.png"):
         if f.name not in keep:
             f.unlink()
-    PROCESSED_INDEX.write(rows)
-    PROCESSED_SKIPPED.write(skipped)
+    contracts.PROCESSED_INDEX.write(rows)
+    contracts.PROCESSED_SKIPPED.write(skipped)
+    raw_index = {r["id"]: r for r in contracts.RAW_INDEX.read()} if contracts.RAW_INDEX.path.exists() else {}
+    credits = [raw_index.get(r["id"], {}) | {"id": r["id"], "file": r["file"]} for r in rows]
+    contracts.PROCESSED_ATTRIBUTION.write([_credit(c) for c in credits])
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"
     sheets = write_contact_sheets(out, [(thumbs[r["id"]], r["id"]) for r in rows], title)
     log.info(

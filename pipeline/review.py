@@ -132,6 +132,9 @@ class Catalog:
             "source": row.get("source", ""),
             "origin": row.get("origin", ""),
             "page_url": row.get("page_url", ""),
+            # What the search engine said (only openverse knows licences); "" when absent.
+            **{k: row.get(k) or "" for k in ("title", "license", "license_version", "license_url")},
+            **{k: row.get(k) or "" for k in ("creator", "attribution")},
         }
 
     def items(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from pipeline import contracts
 from pipeline.errors import PipelineError
 from pipeline.fetch import Task
 from pipeline.params import DownloadParams
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Licence facts some engines know (openverse), stored in data/raw/index.csv for every
 # source; empty where an engine does not know them.
-LICENCE_FIELDS = ["license", "license_version", "license_url", "creator", "attribution"]
+LICENCE_FIELDS = contracts.LICENCE_COLUMNS[1:]  # (the first is the title)
 # A Retry-After longer than this is not waited for: the run stops with a clear line instead.
 MAX_WAIT = 120.0
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -118,11 +120,18 @@ def test_stage_deps_are_exactly_the_modules_its_command_imports(stage):
     )
 
 
-def test_the_trainer_imports_no_dvc_or_prefect():
-    """A GPU machine runs the trainer with torch, torchvision, PIL and tqdm alone (DVCLive lazily)."""
-    heavy = re.compile(r"^\s*(import|from)\s+(dvc|dvclive|prefect|imagehash)\b", re.M)
-    for name in sorted(stage_modules("train")):
-        top_level = "\n".join(
-            line for line in (PIPELINE / f"{name}.py").read_text().splitlines() if not line.startswith(" ")
-        )
-        assert not heavy.search(top_level), f"pipeline/{name}.py imports {heavy.search(top_level).group(0)}"
+BLOCKED = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"dvc", "dvclive", "prefect", "imagehash"}:
+            raise ImportError(f"{name} is blocked")
+sys.meta_path.insert(0, Block())
+import pipeline.train, pipeline.sample, pipeline.evaluate, pipeline.generate
+"""
+
+
+def test_train_sample_and_evaluate_import_without_dvc_prefect_or_imagehash():
+    """A GPU machine runs them with torch, torchvision, PIL, numpy, yaml and tqdm alone (DVCLive is optional)."""
+    proc = subprocess.run([sys.executable, "-c", BLOCKED], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -336,3 +336,26 @@ def test_cli_refuses_to_start_on_a_broken_manifest(data, capsys):
     paths.MANIFEST.write_text(f"id,decision,note\n{data['ids'][0]},ok,\n")
     assert main(["review", "--port", "0", "--no-browser"]) == 2
     assert "manifest.csv:2: unknown decision 'ok'" in capsys.readouterr().err
+
+
+def test_items_carry_the_licence_and_attribution_from_the_index(in_tmp, data):
+    index = list(csv.DictReader(open(paths.RAW / "index.csv")))
+    licence = {
+        "title": "Mario sprite",
+        "license": "cc0",
+        "license_version": "1.0",
+        "license_url": "https://creativecommons.org/publicdomain/zero/1.0/",
+        "creator": "Jane Pixel",
+        "attribution": '"Mario sprite" by Jane Pixel is marked with CC0 1.0.',
+    }
+    with open(paths.RAW / "index.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, [*index[0], *licence])
+        w.writeheader()
+        w.writerows(r | (licence if r["id"] == data["kept"] else {}) for r in index)
+    items = {
+        i["id"]: i
+        for i in TestClient(create_app(in_tmp, PORT), base_url=BASE).get("/api/items").json()["items"]
+    }
+    assert {k: items[data["kept"]][k] for k in licence} == licence
+    other = next(i for i in data["ids"] if i != data["kept"])
+    assert {k: items[other][k] for k in licence} == dict.fromkeys(licence, "")

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from pipeline import distributed, live, loss, paths, train
+from pipeline import distributed, live, loss, paths, tensors, train
 from pipeline.errors import PipelineError
 from pipeline.images import write_csv_atomic
 from pipeline.model import load_generator
@@ -412,3 +413,22 @@ def test_dvc_repro_after_ctrl_c_resumes_from_the_checkpoint(tmp_path):
     curve = next((root / "dvclive/plots/metrics").rglob("loss_g.tsv"))
     steps = [int(row["step"]) for row in csv.DictReader(curve.open(), delimiter="\t")]
     assert steps == sorted(set(steps)) and steps[0] <= stopped_at and steps[-1] == 375, steps
+
+
+def test_load_dataset_gives_pil_s_pixels_and_names_a_broken_file(in_tmp):
+    """PIL's convert("RGB") and Lanczos resize in every PNG mode; a broken file is one line naming it."""
+    make_processed(n=4)
+    modes = ["RGB", "RGBA", "L", "P"]
+    for i, mode in enumerate(modes):
+        img = Image.open(paths.PROCESSED / f"x{i}.png").convert(mode)
+        img.save(paths.PROCESSED / f"x{i}.png")
+    for resolution in (64, 32):
+        data = tensors.load_dataset(paths.PROCESSED, resolution)
+        for i in range(len(modes)):
+            img = Image.open(paths.PROCESSED / f"x{i}.png").convert("RGB")
+            img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            want = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+            assert torch.equal(data[i], want), (modes[i], resolution)
+    (paths.PROCESSED / "x2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(PipelineError, match=r"x2.png: cannot be decoded .*run `dvc repro resize` again"):
+        tensors.load_dataset(paths.PROCESSED, 32)

@@ -195,6 +195,13 @@ function paintDetail() {
     fact("source URL", shown.origin, true),
   );
   if (shown.page_url) body.append(fact("page URL", shown.page_url, true));
+  if (shown.title) body.append(fact("title", shown.title));
+  // Licence as the search engine reported it; "unknown" says we were not told, not that there is none.
+  const licence = shown.license ? `${shown.license.toUpperCase()} ${shown.license_version}`.trim() : "unknown";
+  body.append(fact("licence", licence));
+  if (shown.license_url) body.append(fact("licence URL", shown.license_url, true));
+  if (shown.creator) body.append(fact("creator", shown.creator));
+  if (shown.attribution) body.append(fact("attribution", shown.attribution));
   if (shown.distance !== undefined) body.append(fact("distance", `${shown.distance} bits (${shown.match})`));
   $("#group-title").textContent = item.members.length
     ? `Duplicate group: ${members.length} images`
