@@ -42,6 +42,7 @@ from pipeline.images import (
     ImageError,
     contact_sheet,
     decode,
+    read_csv,
     save_image_atomic,
 )
 from pipeline.params import Params, ResizeParams, parse_color
@@ -218,7 +219,8 @@ def run(params: Params) -> list[dict]:
             f.unlink()
     contracts.PROCESSED_INDEX.write(rows)
     contracts.PROCESSED_SKIPPED.write(skipped)
-    raw_index = {r["id"]: r for r in contracts.RAW_INDEX.read()} if contracts.RAW_INDEX.path.exists() else {}
+    index_csv = contracts.RAW_INDEX.path  # read as text: credits are copied, not checked
+    raw_index = {r["id"]: r for r in read_csv(index_csv)} if index_csv.exists() else {}
     credits = [raw_index.get(r["id"], {}) | {"id": r["id"], "file": r["file"]} for r in rows]
     contracts.PROCESSED_ATTRIBUTION.write([_credit(c) for c in credits])
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"
