@@ -42,7 +42,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import contracts, paths, sources, synthetic
-from pipeline.errors import PipelineError
+from pipeline.errors import DISK_ERRNOS, PipelineError
 from pipeline.fetch import (
     Fetcher,
     Outcome,
@@ -202,6 +202,8 @@ def _import(path: Path, p: DownloadParams, out: Path) -> Outcome:
     except Rejected as exc:
         return Outcome(str(path), False, str(exc), fetched_at=now())
     except OSError as exc:
+        if exc.errno in DISK_ERRNOS and exc.filename != str(path):
+            raise  # writing into data/raw failed (read-only, full): the whole run stops with one line
         return Outcome(str(path), False, f"cannot read: {exc.strerror or exc}", fetched_at=now())
     return Outcome(str(path), True, "", False, name, sha, len(data), w, h, fmt, "", now())
 

@@ -23,4 +23,6 @@ _WHAT_TO_DO = {
 def disk_error(exc: OSError) -> str:
     """One line for a disk error: the file, what happened, what to do. Finished outputs stay."""
     where = os.fsdecode(exc.filename) if exc.filename else "a file"
+    if os.path.isabs(where) and where.startswith(os.getcwd() + os.sep):
+        where = os.path.relpath(where)  # the project's own paths, as the user knows them
     return f"{where}: {exc.strerror or exc}; {_WHAT_TO_DO.get(exc.errno, 'check the disk')}"

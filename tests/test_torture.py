@@ -460,6 +460,18 @@ def test_full_or_read_only_processed_is_one_line_and_keeps_what_was_there(
     assert {p.name: p.read_bytes() for p in paths.PROCESSED.iterdir()} == before
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_raw_stops_download_with_one_line(in_tmp, monkeypatch, capsys, code):
+    (in_tmp / "mine").mkdir()
+    (in_tmp / "mine/a.png").write_bytes(image_bytes("PNG", (90, 90)))
+    write_params(in_tmp, {"download": {"source": "folder", "folder": "mine"}})
+    paths.RAW.mkdir(parents=True)
+    failing_writes(monkeypatch, paths.RAW, code)
+    assert main(["download"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: data/raw/.") and os.strerror(code) in line
+
+
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
 def test_a_decision_into_a_read_only_or_full_folder_is_a_clear_error(data, monkeypatch, capsys, code):
     a = data["ids"][0]
@@ -521,7 +533,7 @@ def test_review_page_shows_files_linked_by_every_dvc_cache_type(data, how):
     dvc_cache_links(how)
     client = TestClient(create_app(Path.cwd(), PORT), base_url=BASE)
     body = client.get("/api/items").json()
-    assert body["skipped"] == [] and len(body["items"]) == len(data["ids"])
+    assert body.get("skipped", []) == [] and len(body["items"]) == len(data["ids"])
     assert all(item["bytes"] > 0 for item in body["items"])
     for i in data["ids"][:3]:
         for kind in ("thumb", "full"):
