@@ -8,7 +8,7 @@ engines (SearXNG's bing_images) parse in 2026. Pages are asked for from
 `first` = 1 upward by the number of results each page actually held (about 35).
 
 Bing localises results by market, so the request says `download.market`
-(Accept-Language and mkt) and sends a current desktop browser's user agent:
+(Accept-Language and Bing's market cookies) and sends a current desktop browser's user agent:
 Bing answers unknown agents with a page of no results.
 """
 
@@ -78,10 +78,13 @@ def parse(html: str, query: str) -> tuple[list[Hit], int]:
 
 def headers(p: DownloadParams) -> dict[str, str]:
     lang = p.market.split("-")[0]
+    market, ui = p.market.lower(), lang.lower()
     return {
         "User-Agent": BROWSER_UA,
         "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
         "Accept-Language": f"{p.market},{lang};q=0.9" if lang != p.market else p.market,
+        # Bing's own market and UI-language cookies (what SearXNG's bing engines set).
+        "Cookie": f"_EDGE_CD=m={market}&u={ui}; _EDGE_S=mkt={market}&ui={ui}",
     }
 
 
@@ -90,7 +93,7 @@ def pages(query: str, p: DownloadParams) -> Iterator[Page]:
     first = 1
     with requests.Session() as session:
         while True:
-            params = {"q": query, "async": "content", "first": first, "count": PAGE_SIZE, "mkt": p.market}
+            params = {"q": query, "async": "content", "first": first, "count": PAGE_SIZE}
             resp = get(session, "bing", url, p, params=params, headers=headers(p))
             text = resp.text
             if resp.status_code != 200:

@@ -29,19 +29,6 @@ log = logging.getLogger(__name__)
 
 URL = "https://api.openverse.org/v1/images/"
 PAGE_SIZE = 20  # the most an anonymous request may ask for
-# Licence codes the API knows (its `license` parameter).
-LICENSES = (
-    "by",
-    "by-sa",
-    "by-nc",
-    "by-nd",
-    "by-nc-sa",
-    "by-nc-nd",
-    "cc0",
-    "pdm",
-    "sampling+",
-    "nc-sampling+",
-)
 
 
 def _token(session: requests.Session, url: str, p: DownloadParams) -> str:
@@ -99,7 +86,7 @@ def pages(query: str, p: DownloadParams) -> Iterator[Page]:
             session.headers["Authorization"] = f"Bearer {token}"
         params = {"q": query, "page_size": PAGE_SIZE, "mature": "false"}
         if p.licenses:
-            params["license"] = ",".join(x for x in p.licenses if x in LICENSES)
+            params["license"] = ",".join(x.lower() for x in p.licenses)  # codes checked in params.py
         page = 1
         while True:
             resp = get(session, "openverse", url, p, params={**params, "page": page})

@@ -41,6 +41,19 @@ ENGINES = ("google", "bing", "ddg", "openverse")
 SOURCES = ("synthetic", *ENGINES, "urls", "folder")
 # Sources that can share one run; synthetic and folder stand alone.
 COMBINABLE = (*ENGINES, "urls")
+# Licence codes download.licenses may name: Openverse's, the only engine that reports licences.
+LICENCES = (
+    "by",
+    "by-sa",
+    "by-nc",
+    "by-nd",
+    "by-nc-sa",
+    "by-nc-nd",
+    "cc0",
+    "pdm",
+    "sampling+",
+    "nc-sampling+",
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,12 @@ class DownloadParams:
             isinstance(lic, list) and all(isinstance(x, str) and x.strip() for x in lic),
             "download.licenses",
             f"must be a list of licence codes like [cc0, pdm, by, by-sa] ([] = keep all), got {lic!r}",
+        )
+        unknown = [x for x in lic if x.lower() not in LICENCES]
+        _check(
+            not unknown,
+            "download.licenses",
+            f"unknown licence code {unknown[0] if unknown else ''!r}; use {', '.join(LICENCES)}",
         )
         _check(
             isinstance(self.user_agent, str) and self.user_agent.strip() and self.user_agent.isprintable(),

@@ -139,9 +139,12 @@ def collect(engine: str, pages: Iterator[Page], limit: int) -> list[Hit]:
     hits: list[Hit] = []
     seen: set[str] = set()
     for page in pages:
-        new = [h for h in page.hits if h.url not in seen]
-        seen.update(h.url for h in new)
-        hits += new
+        new = 0
+        for h in page.hits:
+            if h.url not in seen:  # also a URL twice on one page
+                seen.add(h.url)
+                hits.append(h)
+                new += 1
         if len(hits) >= limit or not new or not page.more:
             break
     return hits[:limit]

@@ -77,8 +77,9 @@ def test_bing_reads_every_result_and_pages_by_what_each_page_held(web):
     # 11 results on page 1 (two unreadable), so page 2 starts at 12; page 3 is empty: the end.
     assert [q["first"] for q, _ in asked] == ["1", "12", "16"]
     q, headers = asked[0]
-    assert q == {"q": "super mario", "async": "content", "first": "1", "count": "35", "mkt": "de-DE"}
+    assert q == {"q": "super mario", "async": "content", "first": "1", "count": "35"}
     assert headers["Accept-Language"] == "de-DE,de;q=0.9"
+    assert headers["Cookie"] == "_EDGE_CD=m=de-de&u=de; _EDGE_S=mkt=de-de&ui=de"
     assert headers["User-Agent"] == bing.BROWSER_UA and "Chrome/" in headers["User-Agent"]
 
 
@@ -229,10 +230,10 @@ def test_openverse_sends_the_licence_filter_and_uses_client_credentials(web, mon
     )
     monkeypatch.setenv("OPENVERSE_CLIENT_ID", "id-1")
     monkeypatch.setenv("OPENVERSE_CLIENT_SECRET", "secret-1")
-    sources.find("openverse", "mario", openverse_params(web, licenses=["cc0", "pdm", "public-ish"]))
+    sources.find("openverse", "mario", openverse_params(web, licenses=["cc0", "PDM"]))
     (token_path, _), (search_path, headers) = web.routes.requests[:2]
     assert token_path == "/v1/auth_tokens/token/"
-    assert query_of(search_path)["license"] == "cc0,pdm"  # codes the API does not know are not sent
+    assert query_of(search_path)["license"] == "cc0,pdm"
     assert headers["Authorization"] == "Bearer tok-123"
 
 
@@ -336,3 +337,22 @@ def test_ddg_missing_token_and_malformed_json_are_one_line(duck):
 
 def test_engines_are_listed_in_one_place():
     assert {m.__name__.rsplit(".", 1)[1] for m in (bing, ddg, openverse)} | {"google"} == set(sources.ENGINES)
+
+
+@given(st.lists(st.lists(st.integers(0, 30), max_size=12), max_size=8), st.integers(1, 40))
+def test_collect_never_repeats_a_url_never_passes_the_limit_and_stops_on_nothing_new(pages, limit):
+    served = []
+
+    def gen():
+        for n, urls in enumerate(pages):
+            served.append(n)
+            yield search.Page(200, [search.Hit(f"http://h/{u}") for u in urls], more=n + 1 < len(pages))
+
+    hits = search.collect("x", gen(), limit)
+    urls = [h.url for h in hits]
+    assert len(urls) == len(set(urls)) <= limit
+    seen: set[str] = set()
+    for n in served[:-1]:  # every page but the last asked-for one brought something new, under the limit
+        new = {f"http://h/{u}" for u in pages[n]} - seen
+        assert new and len(seen | new) < limit
+        seen |= new

@@ -162,6 +162,10 @@ def test_folder_source_imports_checked_images(in_tmp):
         ),
         ({"market": "en_US!"}, "params.yaml: download.market: must be a market code like en-US"),
         ({"licenses": "cc0"}, "params.yaml: download.licenses: must be a list of licence codes"),
+        (
+            {"licenses": ["cc0", "cc-by"]},
+            "params.yaml: download.licenses: unknown licence code 'cc-by'; use by,",
+        ),
         ({"user_agent": "two\nlines"}, "params.yaml: download.user_agent: must be one line"),
     ],
 )
@@ -328,7 +332,7 @@ def test_urls_folder_and_three_engines_through_dvc_repro(server, duck, tmp_path,
     )
     # limit 6: bing's first page (9 results) is enough; openverse's page 2 is refused: the end.
     assert [p for p in server.routes.hits if p.startswith("/bing/async")] == [
-        "/bing/async?q=mario&async=content&first=1&count=35&mkt=en-US"
+        "/bing/async?q=mario&async=content&first=1&count=35"
     ]
     assert duck.tunnels
     # Scraping again re-uses the cache: DVC deleted data/raw, no image is downloaded twice.
