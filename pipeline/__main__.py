@@ -2,7 +2,8 @@
 
 Stages: download, dedup, curate, resize, train, sample, evaluate. `curate` also takes
 status | sync | accept ID... | reject ID... to edit the manifest, and
-`review` serves a local page for curating with thumbnails and hotkeys.
+`review` serves a local page for curating with thumbnails and hotkeys; `export --out DIR`
+hands over the trained generator (safetensors, config, model card).
 Errors a user can fix print one line and exit with status 2.
 """
 
@@ -13,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from pipeline import generate
+from pipeline import export, generate
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     rv.add_argument("--no-browser", action="store_true", help="print the URL, don't open a browser")
     generate.add_arguments(sub.add_parser("generate", help="images from models/ without DVC or params.yaml"))
+    export.add_arguments(sub.add_parser("export", help="hand over the generator: safetensors, config, model card"))
     return ap
 
 
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.stage == "generate":
             generate.main(args)
+            return 0
+        if args.stage == "export":
+            export.main(args)
             return 0
         params = load_params(args.params)
         if args.stage == "curate":
