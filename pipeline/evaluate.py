@@ -30,7 +30,7 @@ from pipeline.images import write_text_atomic
 from pipeline.params import EvaluateParams, Params
 from pipeline.sample import forward, latents, load
 from pipeline.swd import multiscale_swd
-from pipeline.train import load_dataset, pick_device, to_uint8
+from pipeline.tensors import load_dataset, pick_device, to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ Outputs (in samples/):
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from pathlib import Path
@@ -24,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.images import read_csv, save_image_atomic
 from pipeline.model import Generator, load_generator
 from pipeline.params import Params
-from pipeline.train import load_dataset, pick_device, to_image, to_uint8
+from pipeline.tensors import load_dataset, pick_device, save_grid, to_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,7 @@ def load(path: str | Path, device: torch.device | str = "cpu", which: str = "ema
         raise PipelineError(
             f"{path}: not found; train first (`dvc repro train` or `python -m pipeline train`)"
         )
-    if "which" in inspect.signature(load_generator).parameters:
-        return load_generator(path, device, which=which)
-    return load_generator(path, device)
+    return load_generator(path, device, which=which)
 
 
 def has_raw_weights(path: str | Path) -> bool:
@@ -195,10 +192,10 @@ def run(params: Params) -> Path:
         if int(old.stem) >= p.n:
             old.unlink()  # left by an earlier run with a larger sample.n
     for i, x in enumerate(images):
-        save_image_atomic(to_image(x[None], nrow=1), out / f"{i:03d}.png")
+        save_grid(x[None], out / f"{i:03d}.png")
     grid = out / "grid.png"
-    save_image_atomic(to_image(images, nrow=p.nrow), grid)
-    save_image_atomic(to_image(forward(g_raw, z), nrow=p.nrow), out / "grid_raw.png")
+    save_grid(images, grid, nrow=p.nrow)
+    save_grid(forward(g_raw, z), out / "grid_raw.png", nrow=p.nrow)
     if not has_raw_weights(paths.MODEL):
         log.info("sample: %s has no raw weights; grid_raw.png shows its only weights", paths.MODEL)
 

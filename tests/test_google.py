@@ -10,7 +10,8 @@ import yaml
 
 from pipeline import download, sources
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, params_from_dict
+from pipeline.params import DownloadParams, from_defaults, params_from_dict
+from pipeline.search import EngineError
 from tests.conftest import make_project, sh
 from tests.loopback import Routes, Server, make_tls
 
@@ -32,7 +33,7 @@ def results_page(image_urls: list[tuple[str, str]]) -> bytes:
 
 
 def test_missing_chromedriver_says_what_to_install(tmp_path):
-    p = DownloadParams(source="google", chromedriver=str(tmp_path / "chromedriver"))
+    p = from_defaults(DownloadParams, source="google", chromedriver=str(tmp_path / "chromedriver"))
     with pytest.raises(PipelineError) as err:
         sources.google("mario", p)
     msg = str(err.value)
@@ -42,7 +43,7 @@ def test_missing_chromedriver_says_what_to_install(tmp_path):
 
 @needs_chromium
 def test_browser_that_cannot_start_is_one_error_not_an_exit(tmp_path):
-    p = DownloadParams(source="google", chrome=str(tmp_path / "no-such-chromium"))
+    p = from_defaults(DownloadParams, source="google", chrome=str(tmp_path / "no-such-chromium"))
     with pytest.raises(
         PipelineError, match=r"google: could not start the browser .*install Chrome or Chromium"
     ):
@@ -66,6 +67,55 @@ def test_changed_results_page_gives_zero_results_not_silence(tmp_path, monkeypat
         download.run(params)
     assert "google: 0 results for query 'mario'" in caplog.text
     assert "google: 0 results for query 'luigi'" in caplog.text
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BLOCKED = {
+    "google_consent.html": r"^google: blocked: Google showed the headless browser its cookie consent page "
+    r"\(\"Before you continue\"\), not results; use download.source bing, ddg or openverse instead$",
+    "google_sorry.html": r"^google: blocked: Google answered the headless browser with its \"unusual traffic\" "
+    r"CAPTCHA page, not results; use download.source bing, ddg or openverse instead$",
+}
+
+
+@pytest.mark.parametrize("page", sorted(BLOCKED))
+def test_consent_and_captcha_pages_are_one_line_each(tmp_path, monkeypatch, in_tmp, caplog, page):
+    from google_images_download.google_images_download import googleimagesdownload
+
+    driver = tmp_path / "chromedriver"
+    driver.write_text("#!/bin/sh\n")
+    driver.chmod(0o755)
+    html = (FIXTURES / page).read_text()
+    # Only the browser is replaced: it "loaded" Google's block page.
+    monkeypatch.setattr(googleimagesdownload, "download_extended_page", lambda self, url, cd: html)
+    p = from_defaults(DownloadParams, source="google", chromedriver=str(driver))
+    with pytest.raises(EngineError, match=BLOCKED[page]):
+        sources.google("mario", p)
+    # In a run, the line is the whole story, and google is not asked again for the next query.
+    params = {"source": "google", "queries": ["mario", "luigi"], "chromedriver": str(driver)}
+    with pytest.raises(PipelineError, match=BLOCKED[page].replace("^", "^download: ")):
+        download.run(params_from_dict({"download": params}))
+    assert [r.message for r in caplog.records if "blocked" in r.message] == [
+        r.message for r in caplog.records if "google" in r.message
+    ]
+    assert len([r for r in caplog.records if "blocked" in r.message]) == 1
+
+
+def test_result_pages_are_not_taken_for_block_pages():
+    assert sources.google_blocked(results_page([("https://a/1.jpg", "https://a/p")]).decode()) == ""
+    assert sources.google_blocked("<html><body>Mario consent form fan art</body></html>") == ""
+
+
+@needs_chromium
+def test_real_browser_on_a_captcha_page_stops_with_one_line(tmp_path):
+    with Server(Routes()) as web:
+        web.routes.add("/sorry/index", (FIXTURES / "google_sorry.html").read_bytes(), "text/html")
+        p = from_defaults(
+            DownloadParams, source="google", search_url=web.url("/sorry/index?continue={query}"), limit=5
+        )
+        with pytest.raises(EngineError, match=BLOCKED["google_sorry.html"]):
+            sources.google("mario", p)
+        assert web.routes.hits["/sorry/index?continue=mario"] == 1
 
 
 @pytest.mark.e2e
