@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pipeline import paths
+from pipeline.contracts import PROCESSED_INDEX
 from pipeline.errors import PipelineError
 from pipeline.images import write_text_atomic
 from pipeline.params import EvaluateParams, Params
@@ -100,7 +101,7 @@ def run(params: Params) -> dict[str, float]:
     real = load_dataset(paths.PROCESSED, resolution)
     if real.shape[0] < 2:
         raise PipelineError(
-            f"{paths.PROCESSED / 'index.csv'}: evaluate needs at least 2 training images for the "
+            f"{PROCESSED_INDEX.path}: evaluate needs at least 2 training images for the "
             f"real-vs-real floor, got {real.shape[0]}"
         )
     gen = torch.Generator(device="cpu").manual_seed(p.seed)

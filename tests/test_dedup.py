@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
 from pipeline import dedup, download, synthetic
+from pipeline.contracts import RAW_INDEX
 from pipeline.dedup_index import candidate_pairs, features, group, hamming, near_pairs, pack, verify_pairs
 from pipeline.images import decode, load_rgb, sha256_file, write_csv_atomic
 from pipeline.params import ParamsError, params_from_dict
@@ -100,7 +101,7 @@ def write_index(root, images):
                 "format": ext,
             }
         )
-    write_csv_atomic(raw / "index.csv", download.INDEX_FIELDS, rows)
+    write_csv_atomic(raw / "index.csv", RAW_INDEX.fields, rows)
     return rows
 
 
@@ -246,7 +247,7 @@ def test_rerun_hashes_nothing_and_new_files_only(known_set, monkeypatch):
     rows = list(csv.DictReader(open("data/raw/index.csv")))
     shape("circle", "orange").save("data/raw/new.png")
     rows.append(rows[-1] | {"id": "new", "file": "new.png", "sha256": sha256_file("data/raw/new.png")})
-    write_csv_atomic("data/raw/index.csv", download.INDEX_FIELDS, rows)
+    write_csv_atomic("data/raw/index.csv", RAW_INDEX.fields, rows)
     dedup.run(known_set)
     assert [c.rsplit("/", 1)[-1] for c in calls] == ["new.png"]
 
