@@ -9,8 +9,8 @@ DIR gets:
   training_images.csv    every training image: source, query, URLs, licence where known
   MODEL_CARD.md          what was trained on what, for how long, how well, and when
 
-Everything comes from the project's files as they are: models/generator.pt,
-data/processed/index.csv joined with data/raw/index.csv, metrics/evaluate.json,
+Everything comes from the project's files as they are: models/generator.pt, the
+training set's ATTRIBUTION.csv with each image's query from the raw index, metrics/evaluate.json,
 and the params dvc.lock recorded. Not a DVC stage: an export is made for someone,
 once, from whatever the workspace (or a `dvc pull`) holds.
 """
@@ -30,14 +30,14 @@ import yaml
 from safetensors.torch import save_file
 from torchvision.utils import make_grid
 
-from pipeline import paths
+from pipeline import contracts, paths
 from pipeline.errors import PipelineError
-from pipeline.images import read_csv, write_csv_atomic, write_text_atomic
+from pipeline.images import write_csv_atomic, write_text_atomic
 from pipeline.model import Generator, build_generator
 
 SAMPLE_SEED = 0
 SAMPLE_N = 64
-IMAGE_FIELDS = ["id", "source", "query", "origin", "page_url", "license", "license_url", "creator"]
+IMAGE_FIELDS = ["id", "source", "query", "origin", "page_url", *contracts.LICENCE_COLUMNS]
 UNKNOWN = "not reported by the source"
 
 
@@ -65,15 +65,9 @@ def _load(model: Path) -> tuple[Generator, dict, dict]:
 
 def training_images() -> list[dict]:
     """The images the model was trained on, with what the downloader recorded about each."""
-    processed = paths.PROCESSED / "index.csv"
-    if not processed.is_file():
-        raise PipelineError(f"{processed}: not found; run `dvc repro resize` or `dvc pull` first")
-    raw_index = paths.RAW / "index.csv"
-    raw = {r["id"]: r for r in read_csv(raw_index)} if raw_index.is_file() else {}
-    return [
-        {k: raw.get(r["id"], {}).get(k, "") for k in IMAGE_FIELDS} | {"id": r["id"]}
-        for r in read_csv(processed)
-    ]
+    rows = contracts.PROCESSED_ATTRIBUTION.read()
+    raw = {r["id"]: r for r in contracts.RAW_INDEX.read()} if contracts.RAW_INDEX.path.is_file() else {}
+    return [{k: r.get(k) or raw.get(r["id"], {}).get(k, "") for k in IMAGE_FIELDS} for r in rows]
 
 
 def _lock_params() -> dict:
