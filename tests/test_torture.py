@@ -542,6 +542,29 @@ def test_review_page_shows_files_linked_by_every_dvc_cache_type(data, how):
             Image.open(io.BytesIO(r.content)).verify()
 
 
+@pytest.mark.e2e
+def test_review_page_with_real_dvc_symlink_and_hardlink_checkouts(data):
+    """The issue's case with DVC itself: `cache.type: symlink` made every image answer 422."""
+    cwd = Path.cwd()
+    sh("git", "init", "-q", cwd=cwd)
+    sh("dvc", "init", "-q", cwd=cwd)
+    sh("dvc", "config", "core.analytics", "false", cwd=cwd)
+    index = {r["id"]: r["file"] for r in csv.DictReader(open(paths.RAW / "index.csv"))}
+    for cache_type, check in [("symlink", Path.is_symlink), ("hardlink", lambda f: f.stat().st_nlink == 2)]:
+        sh("dvc", "config", "cache.type", cache_type, cwd=cwd)
+        if cache_type == "symlink":
+            sh("dvc", "add", "-q", str(paths.RAW), cwd=cwd)
+        else:
+            sh("dvc", "checkout", "-q", "--relink", cwd=cwd)
+        assert all(check(paths.RAW / f) for f in index.values()), cache_type
+        client = TestClient(create_app(cwd, PORT), base_url=BASE)
+        for i in data["ids"][:3]:
+            assert client.get(f"/img/{i}/thumb").status_code == 200, cache_type
+            assert client.get(f"/img/{i}/full").status_code == 200, cache_type
+        body = client.get("/api/items").json()
+        assert body["skipped"] == [] and all(item["bytes"] > 0 for item in body["items"])
+
+
 def test_a_symlink_loop_or_fifo_in_raw_is_skipped_with_a_reason(data):
     index = {r["id"]: r["file"] for r in csv.DictReader(open(paths.RAW / "index.csv"))}
     a, b, c = data["ids"][:3]
