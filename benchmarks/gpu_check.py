@@ -10,7 +10,8 @@ Each step runs in its own process, in this order:
 2. benchmarks/train_speed.py at 64², 128² and 256², channels 64, batch 64:
    img/s of the pytorch/examples-style reference loop and of ours, peak
    memory, MFU against the GPU's dense bf16 peak (the table entry used is
-   named), and ours / reference at 256² (target: 3x or more);
+   named), and ours / reference at 256² (target: 3x or more); and a
+   torch.profiler breakdown of our 256² step (where the time goes);
 3. the README's 256×256 recipe ("A real Mario run on a GPU") on the
    built-in dataset for a fixed wall-clock budget. The train stage
    (`python -m pipeline train`) is stopped with SIGTERM, as a scheduler
@@ -21,7 +22,7 @@ Each step runs in its own process, in this order:
 
 OUT receives report.md (the tables), report.json (every figure behind them),
 grid.png and grid_raw.png (the sample stage's fixed-seed grids after the
-budget), tests.json, speed.json, speed.txt, and run/: the project folder the
+budget), tests.json, speed.json, speed.txt, profile.json, and run/: the project folder the
 stages ran in, with their logs.
 
 It needs only torch, torchvision, numpy, Pillow, PyYAML and tqdm: it runs from
@@ -295,6 +296,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"Ours / reference at {last}²: **{s['ratio']:.2f}x** ({verdict} the {TARGET_RATIO:.0f}x target).",
             "",
         ]
+        prof = s.get("profile")
+        if prof:
+            shares = ", ".join(
+                f"{k} {v:.0%}" for k, v in sorted(prof["shares"].items(), key=lambda kv: -kv[1])
+            )
+            lines += [
+                f"Where the time goes, ours at {last}² (torch.profiler, {prof['steps']} steps, "
+                f"{prof['ms_per_step']:.1f} ms of {prof['clock']} time a step, by the op that launched it): {shares}.",
+                "",
+                "| op | share | calls |",
+                "| --- | --- | --- |",
+            ]
+            lines += [f"| `{r['op']}` | {r['share']:.1%} | {r['calls']} |" for r in prof["top"][:10]]
+            lines.append("")
     r = report.get("recipe")
     if r:
         ev = r.get("evaluate", {})
@@ -406,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             device.type,
             "--json",
             str(out / "speed.json"),
+            "--profile",
+            str(out / "profile.json"),
         ]
         rc, text = run_logged(cmd, out / "speed.txt", timeout=360)
         print(text, end="", flush=True)
