@@ -9,8 +9,8 @@
 4. Images are visited best first (`dedup.keep`); each joins the kept image it is
    verified against, or is kept itself. Members never link through other members.
 
-Features are cached by sha256 in data/dedup/cache/ (a `persist` output in dvc.yaml,
-so DVC leaves it in place when it re-runs the stage): a re-run hashes only new files.
+Features are cached by sha256 in .cache/dedup/ (not a DVC output, so DVC leaves it in
+place when it re-runs the stage, and it never goes to a remote): a re-run hashes only new files.
 
 Outputs (in data/dedup/):
   groups.csv      every readable image: its group (the kept id), kept, distance, score, ...
@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 
 GROUP_FIELDS = ["id", "group", "kept", "distance", "score", "colour_diff", "match", "file"]
 CANDIDATE_FIELDS = ["id", "file", "width", "height", "group_size"]
-CACHE = "cache"
 # Bumped whenever features() changes its output. v3: hashes from the box thumbnails.
 CACHE_VERSION = "v3"
 SHEET_GROUPS = 60  # groups.png shows the largest ones; report.html shows them all
@@ -84,7 +83,7 @@ def _hash_one(job: tuple[str, str, bool, str, int]) -> tuple[str, Features | str
 
 def cache_path(p: DedupParams) -> Path:
     mode = "draft" if p.draft else "full"
-    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-{CACHE_VERSION}.npz"
+    return paths.DEDUP_CACHE / f"{p.hash}-{p.hash_size}-{mode}-{CACHE_VERSION}.npz"
 
 
 def _drop_stale_caches(current: Path) -> None:

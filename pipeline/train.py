@@ -166,6 +166,13 @@ def _resume(s: Progress) -> None:
     if state is not None and state["step"] >= s.total:
         log.info("train: %s already reached %.1f kimg; training again from scratch", CHECKPOINT, s.t.p.kimg)
         state = None
+    # Each rank reads its own disk: on several machines their checkpoints can differ.
+    steps = distributed.gather(None if state is None else state["step"], s.t.world)
+    if len(set(steps)) > 1:
+        raise PipelineError(
+            f"train: ranks found different {CHECKPOINT} (step by rank: {steps}); give every machine "
+            "the same file (copy it from the first, or a shared folder), or set train.resume: false"
+        )
     if state is not None:
         restore(s.t, state)
         if s.t.rank == 0:
