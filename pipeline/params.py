@@ -82,7 +82,7 @@ class DownloadParams:
     @property
     def sources(self) -> list[str]:
         """download.source as a list: `bing` and `[bing]` are the same."""
-        return [self.source] if isinstance(self.source, str) else list(self.source)
+        return list(self.source) if isinstance(self.source, list) else [self.source]
 
     def engine_url(self, engine: str) -> str:
         """download.search_url for one engine: its entry in a mapping, or the string for a one-engine run."""
