@@ -149,7 +149,57 @@ def ours_steps(args: argparse.Namespace, device: torch.device) -> tuple[int, flo
         compile=args.compile,
     )
     t = Trainer(p, make_images(IMAGES, args.size), device)
-    return timed(t.step, args, device)
+    result = timed(t.step, args, device)
+    if args.profile:
+        args.profile.write_text(json.dumps(profile_steps(t.step, device), indent=2) + "\n")
+    return result
+
+
+# Where a step's time goes, by the op that launched the kernels (self time, so nothing counts twice).
+CATEGORIES = {
+    "convolutions": ("conv",),
+    "BatchNorm": ("batch_norm",),
+    "Adam": ("adam",),
+    "upsampling": ("upsample",),
+    "DiffAugment indexing": ("gather", "scatter"),
+    "copies and layout": ("copy_", "contiguous", "clone", "to_copy"),
+}
+
+
+def profile_steps(step, device: torch.device, steps: int = 5) -> dict:
+    """The 25 costliest ops of a few steps (device time on CUDA, CPU time elsewhere) and shares by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    # CPU-side ops only: on CUDA each kernel's time is in its launching op's self device time, and the
+    # kernels' own rows would count it again.
+    events = [e for e in prof.key_averages() if str(getattr(e, "device_type", "CPU")).endswith("CPU")]
+
+    def self_time(e) -> float:
+        if not cuda:
+            return e.self_cpu_time_total
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+    total = sum(self_time(e) for e in events) or 1.0
+    shares = dict.fromkeys([*CATEGORIES, "other"], 0.0)
+    for e in events:
+        name = e.key.lower()
+        kind = next((k for k, words in CATEGORIES.items() if any(w in name for w in words)), "other")
+        shares[kind] += self_time(e) / total
+    top = sorted(events, key=self_time, reverse=True)[:25]
+    return {
+        "clock": "device" if cuda else "cpu",
+        "steps": steps,
+        "ms_per_step": total / 1000 / steps,
+        "shares": shares,
+        "top": [{"op": e.key, "share": self_time(e) / total, "calls": e.count} for e in top],
+    }
 
 
 def timed(step, args: argparse.Namespace, device: torch.device) -> tuple[int, float]:
@@ -219,6 +269,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also torch.compile our G and D")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU, if not in the table")
     ap.add_argument("--json", type=Path, help="also write the table's figures to this JSON file")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="profile a few steps of ours at the last size; JSON of where the time goes",
+    )
     ap.add_argument("--loop", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -270,6 +325,8 @@ def main() -> None:
             for flag in ("device", "batch", "channels", "steps", "warmup", "repeats", "threads"):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
             cmd += ["--compile"] if args.compile else []
+            if args.profile and loop == "ours" and size == args.sizes[-1]:
+                cmd += ["--profile", str(args.profile)]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
             if out.returncode:
                 sys.exit(f"{loop} at {size}² failed:\n{out.stderr}")
@@ -287,6 +344,14 @@ def main() -> None:
     if flops:
         print(f"model FLOPs per image and step at {args.sizes[-1]}²: {flops / 1e9:.3g} G (FlopCounterMode)")
     report["ratio"] = ratio
+    if args.profile:
+        prof = report["profile"] = json.loads(args.profile.read_text())
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(prof["shares"].items(), key=lambda kv: -kv[1]))
+        print(
+            f"ours at {args.sizes[-1]}², {prof['ms_per_step']:.1f} ms of {prof['clock']} time a step: {shares}"
+        )
+        for row in prof["top"][:10]:
+            print(f"  {row['share']:6.1%}  {row['op']} ({row['calls']} calls)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_suffix(".tmp")

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 # cuBLAS is deterministic only with a fixed workspace, which must be set before CUDA starts.
@@ -205,24 +206,28 @@ def check_resume_exact(device: torch.device, root: Path) -> None:
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        for name, runs in (("whole", [whole]), ("parts", [short, whole])):
-            (root / name).mkdir()
-            with contextlib.chdir(root / name):
-                write_processed(Path("."), 12, 32)
-                for p in runs:
-                    train.run(p)
-                states[name] = torch.load(paths.CHECKPOINT, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name, runs in (("whole", [whole]), ("parts", [short, whole])):
+                (root / name).mkdir()
+                with contextlib.chdir(root / name):
+                    write_processed(Path("."), 12, 32)
+                    for p in runs:
+                        train.run(p)
+                    states[name] = torch.load(paths.CHECKPOINT, map_location="cpu", weights_only=True)
     finally:
         torch.use_deterministic_algorithms(was)
+    # If the states differ, these name the ops torch could not make deterministic.
+    why = sorted({str(w.message)[:200] for w in caught if "determinis" in str(w.message)})
     a, b = states["whole"], states["parts"]
     assert a["step"] == b["step"] == 15, (a["step"], b["step"])
     for key in ("G", "D", "G_ema"):
         for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resuming"
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resuming; {why}"
     for key in ("opt_G", "opt_D"):
         for i, s in a[key]["state"].items():
             for name, value in s.items():
-                assert torch.equal(value, b[key]["state"][i][name]), f"{key} state {i}.{name} differs"
+                assert torch.equal(value, b[key]["state"][i][name]), f"{key} state {i}.{name} differs; {why}"
 
 
 def check_stages(device: torch.device, root: Path) -> dict[str, float]:

@@ -153,18 +153,23 @@ def test_gpu_check_tiny_on_cpu_runs_every_step_on_a_bare_machine(tmp_path, bare_
     assert all(r["size"] == 32 and r["img_per_sec"] > 0 and r["peak_mib"] > 0 for r in speed["rows"])
     assert speed["rows"][1]["flops_per_img"] > 0 and speed["peak_entry"] is None
     assert speed["ratio"] == pytest.approx(speed["rows"][1]["img_per_sec"] / speed["rows"][0]["img_per_sec"])
+    prof = speed["profile"]
+    assert prof["clock"] == "cpu" and prof["ms_per_step"] > 0 and prof["top"]
+    assert sum(prof["shares"].values()) == pytest.approx(1.0) and prof["shares"]["convolutions"] > 0
 
     recipe = report["recipe"]
     assert recipe["images"] == gpu_check.TINY_IMAGES and recipe["resolution"] == 32
     assert recipe["params"]["upsample"] == gpu_check.readme_recipe()["train"]["upsample"]
     train = recipe["train"]
     assert train["steps"] > 0 and train["kimg"] == pytest.approx(train["steps"] * 8 / 1000)
+    assert train["loop_img_per_sec"] >= train["img_per_sec"] > 0
+    assert recipe["hours_for_2000_kimg"] == pytest.approx(2e6 / train["loop_img_per_sec"] / 3600)
     assert train["stop_exit_code"] == 2  # the stage's "stopped, saved the checkpoint" status
     assert recipe["evaluate"]["swd_avg"] > 0 and recipe["evaluate"]["floor_swd_avg"] > 0
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (4 * 34 + 2, 2 * 34 + 2)  # sample.n 8 in 4 columns of 32 px, 2 px gaps
     md_text = (out / "report.md").read_text()
-    for heading in ("## CUDA tests", "## Training speed", "## The README's recipe"):
+    for heading in ("## CUDA tests", "## Training speed", "Where the time goes", "## The README's recipe"):
         assert heading in md_text
     # The stages ran on the manifest's images, squared by the resize stage, and never saw DVC.
     index = (out / "run" / "data" / "processed" / "index.csv").read_text().splitlines()
