@@ -344,3 +344,52 @@ def test_every_group_is_led_by_its_kept_image(synthetic_dedup):
     _, groups = synthetic_dedup
     for gid in {g["group"] for g in groups.values()}:
         assert groups[gid]["kept"] == "true"
+
+
+# --- the hash cache: corrupt files and killed runs (issue 18) -------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_corrupt_cache_is_discarded_with_a_warning_and_rebuilt(known_set, caplog, damage):
+    first = groups_of(dedup.run(known_set))
+    path = dedup.cache_path(known_set.dedup)
+    data = path.read_bytes()
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"PK\x03\x04" + b"x" * 99, "empty": b""}[damage]
+    )
+    with caplog.at_level("WARNING", logger="pipeline.dedup"):
+        assert groups_of(dedup.run(known_set)) == first  # no BadZipFile: rebuilt
+    assert "discarding unreadable hash cache" in caplog.text
+    report = json.loads(open("data/dedup/report.json").read())
+    assert report["hashed"] == report["images"] - 1  # all again (red-again shares red's sha256)
+    assert len(dedup._read_cache(path)) == report["hashed"]  # the new file reads back
+
+
+def test_a_killed_run_resumes_from_the_features_saved_as_it_went(known_set, monkeypatch):
+    monkeypatch.setattr(dedup, "FLUSH_EVERY", 3)
+    real = dedup._hash_one
+    done = []
+
+    def dies_after_seven(job):
+        if len(done) == 7:
+            raise KeyboardInterrupt  # what Ctrl-C or the flow's cancel does mid-run
+        done.append(job[1])
+        return real(job)
+
+    monkeypatch.setattr(dedup, "_hash_one", dies_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        dedup.run(known_set)
+    path = dedup.cache_path(known_set.dedup)
+    assert not path.exists() and len(dedup._part_paths(path)) == 3  # 3 + 3, then the last 1 on the way out
+    # A SIGKILL runs no `finally`: lose the last part, as if the kill came before it was written.
+    dedup._part_paths(path)[-1].unlink()
+
+    again = []
+    monkeypatch.setattr(dedup, "_hash_one", lambda job: again.append(job[1]) or real(job))
+    members = dedup.run(known_set)
+    # 12 rows, 11 distinct files (red-again is a byte copy): the 5 not in the saved parts.
+    assert len(again) == 5 and not set(again) & set(done[:6]) and done[6] in again
+    assert groups_of(members)[3] == ["red", "red-again", "red-bright", "red-crop", "red-small"]
+    assert path.exists() and dedup._part_paths(path) == []  # merged into one file
+    report = json.loads(open("data/dedup/report.json").read())
+    assert report["from_cache"] == 6 and report["hashed"] == len(again)
