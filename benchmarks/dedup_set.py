@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from pipeline import synthetic
 
-VERSION = "2"  # bumped when the set changes: an older set on disk is rebuilt
+VERSION = "3"  # bumped when the set changes: an older set on disk is rebuilt
 FAMILIES = ["photo", "character", "flat", "lineart", "icon", "flag", "text", "sprite", "screenshot", "alike"]
 TRANSFORMS = ["resize", "jpeg", "crop", "brightness", "watermark"]
 MARKS = ["© example.com", "stock", "SAMPLE", "@fan_art", "pics.net", "wallpaper hd"]
@@ -60,6 +60,10 @@ PRIMARIES = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # R+G+B = 255 for each: fla
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "level", "world", "press", "start",
          "game", "score", "time", "lives", "coins", "stage", "boss", "power", "star", "flower", "pipe",
          "castle", "princess", "jump", "run", "fire"]  # fmt: skip
+
+
+def _jitter(rng: random.Random, c: tuple[int, int, int], amount: int = 30) -> tuple[int, int, int]:
+    return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in c)
 
 
 def _colour(rng: random.Random) -> tuple[int, int, int]:
@@ -215,7 +219,7 @@ def _icon(rng: random.Random, colours: tuple | None = None, glyph: str | None = 
     w = h = side
     if rng.random() < 0.3:  # a wider badge / banner icon
         w = int(side * rng.uniform(1.2, 1.8))
-    a, b = colours or rng.sample(SATURATED, 2)
+    a, b = colours or [_jitter(rng, c) for c in rng.sample(SATURATED, 2)]
     img = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     m = int(min(w, h) * rng.uniform(0.04, 0.1))
@@ -227,14 +231,23 @@ def _icon(rng: random.Random, colours: tuple | None = None, glyph: str | None = 
     fg = (255, 255, 255) if tile != "none" and rng.random() < 0.6 else b
     if tile == "none":
         fg = a
-    g = int(min(w, h) * rng.uniform(0.25, 0.38))
-    _glyph(
-        draw,
-        glyph or rng.choice(GLYPHS),
-        (w // 2 - g, h // 2 - g, w // 2 + g, h // 2 + g),
-        fg,
-        max(2, g // 4),
-    )
+    g = int(min(w, h) * rng.uniform(0.22, 0.38))
+    cx = w // 2 + rng.randint(-w // 12, w // 12)
+    cy = h // 2 + rng.randint(-h // 12, h // 12)
+    _glyph(draw, glyph or rng.choice(GLYPHS), (cx - g, cy - g, cx + g, cy + g), fg, max(2, g // 4))
+    if rng.random() < 0.5:  # a notification dot, a second glyph or a label
+        r = int(min(w, h) * rng.uniform(0.08, 0.16))
+        x, y = rng.choice([(w - m - r, m + r), (m + r, m + r), (w - m - r, h - m - r)])
+        extra = rng.random()
+        if extra < 0.4:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(rng, rng.choice(SATURATED)))
+        elif extra < 0.7:
+            _glyph(
+                draw, rng.choice(GLYPHS), (x - r, y - r, x + r, y + r), _jitter(rng, rng.choice(SATURATED)), 2
+            )
+        else:
+            draw.text((w // 2, h - m), rng.choice(WORDS).upper(), fill=fg if tile == "none" else a,
+                      font=_font(h // 8), anchor="md")  # fmt: skip
     return img
 
 
@@ -242,22 +255,31 @@ def _flag(rng: random.Random) -> Image.Image:
     w = rng.randint(150, 900)
     h = int(w * rng.choice([2 / 3, 1 / 2, 3 / 5, 10 / 19]))
     palette = PRIMARIES + [(255, 255, 255)] if rng.random() < 0.3 else FLAG_COLOURS
-    c = rng.sample(palette, 3) if rng.random() < 0.7 else rng.sample(PRIMARIES, 3)
+    if rng.random() < 0.7:
+        c = [_jitter(rng, x, 40) for x in rng.sample(palette, 3)]
+    else:  # pure primaries: R+G+B is the same everywhere
+        c = rng.sample(PRIMARIES, 3)
     img = Image.new("RGB", (w, h), c[0])
+    u, v = rng.uniform(0.25, 0.42), rng.uniform(0.58, 0.75)  # band edges
     draw = ImageDraw.Draw(img)
     kind = rng.choice(["h3", "v3", "h2", "nordic", "canton", "disc", "diagonal", "star"])
     if kind == "h3":
-        draw.rectangle((0, h // 3, w, 2 * h // 3), fill=c[1])
-        draw.rectangle((0, 2 * h // 3, w, h), fill=c[2])
+        draw.rectangle((0, int(u * h), w, int(v * h)), fill=c[1])
+        draw.rectangle((0, int(v * h), w, h), fill=c[2])
     elif kind == "v3":
-        draw.rectangle((w // 3, 0, 2 * w // 3, h), fill=c[1])
-        draw.rectangle((2 * w // 3, 0, w, h), fill=c[2])
+        draw.rectangle((int(u * w), 0, int(v * w), h), fill=c[1])
+        draw.rectangle((int(v * w), 0, w, h), fill=c[2])
     elif kind == "h2":
-        draw.rectangle((0, h // 2, w, h), fill=c[1])
+        draw.rectangle((0, int(h * rng.uniform(0.35, 0.65)), w, h), fill=c[1])
     elif kind == "nordic":
-        t = h // 5
+        t = int(h * rng.uniform(0.1, 0.3))
+        x = int(w * rng.uniform(0.28, 0.5))
         draw.rectangle((0, h // 2 - t // 2, w, h // 2 + t // 2), fill=c[1])
-        draw.rectangle((w // 3 - t // 2, 0, w // 3 + t // 2, h), fill=c[1])
+        draw.rectangle((x - t // 2, 0, x + t // 2, h), fill=c[1])
+        if rng.random() < 0.5:
+            t2 = t // 2
+            draw.rectangle((0, h // 2 - t2 // 2, w, h // 2 + t2 // 2), fill=c[2])
+            draw.rectangle((x - t2 // 2, 0, x + t2 // 2, h), fill=c[2])
     elif kind == "canton":
         stripes = rng.choice([5, 7, 9, 13])
         for k in range(1, stripes, 2):
@@ -269,7 +291,7 @@ def _flag(rng: random.Random) -> Image.Image:
             draw.polygon(_star(x, y, h / 24), fill=(255, 255, 255))
     elif kind == "disc":
         r = int(h * rng.uniform(0.2, 0.32))
-        cx = w // 2 if rng.random() < 0.6 else int(w * 0.42)
+        cx = int(w * rng.uniform(0.35, 0.55))
         draw.ellipse((cx - r, h // 2 - r, cx + r, h // 2 + r), fill=c[1])
     elif kind == "diagonal":
         draw.polygon([(0, h), (w, 0), (w, h)], fill=c[1])
@@ -277,7 +299,9 @@ def _flag(rng: random.Random) -> Image.Image:
         draw.line((0, h, w, 0), fill=c[2], width=t)
     else:
         draw.rectangle((0, h // 2, w, h), fill=c[1])
-        draw.polygon(_star(w / 2, h / 2, h / 4), fill=c[2])
+        draw.polygon(
+            _star(w * rng.uniform(0.2, 0.5), h / 2, h * rng.uniform(0.15, 0.3), rng.randint(5, 7)), fill=c[2]
+        )
     return img
 
 
@@ -306,25 +330,43 @@ def _card(rng: random.Random, rank: str | None = None, suit: str | None = None) 
     """A playing card: rank in two corners, suit pips, on a table or on white."""
     w = rng.randint(160, 500)
     h = int(w * 1.4)
-    bg = rng.choice([(255, 255, 255), (255, 255, 255), (20, 110, 50)])
-    img = Image.new("RGB", (w + w // 5, h + h // 8), bg)
+    bg = rng.choice([(255, 255, 255), _jitter(rng, (20, 110, 50), 40), _jitter(rng, (120, 20, 30), 40)])
+    mx, my = int(w * rng.uniform(0.03, 0.3)), int(h * rng.uniform(0.03, 0.2))
+    img = Image.new("RGB", (w + 2 * mx, h + 2 * my), bg)
     draw = ImageDraw.Draw(img)
-    x0, y0 = w // 10, h // 16
+    x0, y0 = mx + rng.randint(-mx // 2, mx // 2), my + rng.randint(-my // 2, my // 2)
+    face = _jitter(rng, (250, 248, 240), 8)
     draw.rounded_rectangle(
-        (x0, y0, x0 + w, y0 + h), radius=w // 12, fill=(255, 255, 255), outline=(60, 60, 60)
+        (x0, y0, x0 + w, y0 + h),
+        radius=int(w * rng.uniform(0.03, 0.12)),
+        fill=face,
+        outline=_jitter(rng, (60, 60, 60)),
     )
     rank = rank or rng.choice(["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"])
     suit = suit or rng.choice(list(SUITS))
-    font = _font(w // 7)
+    font = _font(int(w * rng.uniform(0.1, 0.18)))
     draw.text((x0 + w // 16, y0 + h // 30), rank, fill=SUITS[suit], font=font)
     draw.text((x0 + w - w // 16, y0 + h - h // 30), rank, fill=SUITS[suit], font=font, anchor="rd")
+    if rank in "JQK":  # a court card: a framed picture
+        draw.rectangle(
+            (x0 + w // 5, y0 + h // 6, x0 + 4 * w // 5, y0 + 5 * h // 6), outline=SUITS[suit], width=2
+        )
+        for _ in range(rng.randint(3, 6)):
+            cx, cy = x0 + rng.randint(w // 4, 3 * w // 4), y0 + rng.randint(h // 5, 4 * h // 5)
+            _shape(
+                draw,
+                rng,
+                (cx - w // 10, cy - w // 10, cx + w // 10, cy + w // 10),
+                _jitter(rng, rng.choice(SATURATED)),
+            )
     pips = {"A": 1, "J": 2, "Q": 2, "K": 2}.get(rank) or int(rank)
+    big = rng.uniform(0.8, 1.2)
     cols = 1 if pips < 4 else 2
     rows = -(-pips // cols)
     for k in range(pips):
         cx = x0 + w * ((k % cols) + 1) / (cols + 1)
         cy = y0 + h * (k // cols + 1) / (rows + 1)
-        _suit(draw, suit, cx, cy, w / (10 if pips > 1 else 4))
+        _suit(draw, suit, cx, cy, big * w / (10 if pips > 1 else 4))
     return img
 
 
@@ -336,23 +378,31 @@ def _textual(rng: random.Random, text: list[str] | None = None) -> Image.Image:
     """A text-heavy picture: a quote, a slide or a captioned notice."""
     w = rng.randint(300, 1000)
     h = int(w * rng.uniform(0.5, 1.0))
-    bg = rng.choice([(255, 255, 255), (250, 250, 240), (30, 30, 40), rng.choice(SATURATED)])
-    fg = (255, 255, 255) if sum(bg) < 400 else (20, 20, 20)
+    bg = rng.choice(
+        [(255, 255, 255), (250, 250, 240), _jitter(rng, (30, 30, 40)), _jitter(rng, rng.choice(SATURATED))]
+    )
+    fg = _jitter(rng, (255, 255, 255) if sum(bg) < 400 else (20, 20, 20), 20)
     img = Image.new("RGB", (w, h), bg)
     draw = ImageDraw.Draw(img)
     size = max(10, h // rng.randint(8, 16))
     font = _font(size)
-    y = h // 12
+    y = int(h * rng.uniform(0.03, 0.2))
     if rng.random() < 0.5:  # a title bar
-        draw.rectangle((0, 0, w, size * 2), fill=rng.choice(SATURATED))
+        draw.rectangle((0, 0, w, size * 2), fill=_jitter(rng, rng.choice(SATURATED)))
         draw.text((w // 20, size // 3), _words(rng, 3).upper(), fill=(255, 255, 255), font=_font(size))
         y = size * 3
     lines = text or [_words(rng, rng.randint(3, 7)) for _ in range(rng.randint(3, 8))]
-    for line in lines:
+    align = rng.choice(["la", "ma"])
+    x = w // 2 if align == "ma" else int(w * rng.uniform(0.03, 0.15))
+    if rng.random() < 0.4:  # a picture or a coloured panel beside or under the text
+        px = rng.randint(w // 2, 3 * w // 4)
+        _shape(draw, rng, (px, h // 3, px + w // 5, h // 3 + w // 5), _jitter(rng, rng.choice(SATURATED)))
+    for k, line in enumerate(lines):
         if y > h - size:
             break
-        draw.text((w // 20, y), line, fill=fg, font=font)
-        y += int(size * 1.4)
+        f = font if k or rng.random() < 0.5 else _font(int(size * 1.6))
+        draw.text((x, y), line, fill=fg, font=f, anchor=align)
+        y += int(size * rng.uniform(1.3, 1.7))
     return img
 
 
@@ -378,7 +428,14 @@ def _sprite_picture(
     rng: random.Random, pose: str | None = None, colours_rng: random.Random | None = None
 ) -> Image.Image:
     """Pixel art, nearest-neighbour upscaled: one sprite on a flat colour, or a sheet."""
-    bg = rng.choice([(255, 255, 255), (255, 255, 255), (92, 148, 252), (0, 0, 0), (200, 228, 255)])
+    bg = rng.choice(
+        [
+            (255, 255, 255),
+            (0, 0, 0),
+            _jitter(rng, (92, 148, 252), 40),
+            _jitter(rng, rng.choice(SATURATED), 60),
+        ]
+    )
     if pose is None and rng.random() < 0.3:  # a sprite sheet
         cols, rows = rng.randint(2, 5), rng.randint(1, 3)
         scale = rng.randint(2, 6)
@@ -405,9 +462,13 @@ def _sprite_picture(
         s = synthetic._sprite(colours_rng or rng, pose)
     scale = rng.randint(4, 24)
     s = s.resize((s.width * scale, s.height * scale), Image.Resampling.NEAREST)
-    pad = rng.randint(1, 4) * scale
-    img = Image.new("RGBA", (s.width + 2 * pad, s.height + 2 * pad), bg + (255,))
-    img.alpha_composite(s, (pad, pad))
+    left, top, right, bottom = (rng.randint(0, 5) * scale for _ in range(4))
+    img = Image.new("RGBA", (s.width + left + right, s.height + top + bottom), bg + (255,))
+    img.alpha_composite(s, (left, top))
+    if rng.random() < 0.4:  # pixel-art ground or a second, smaller sprite
+        g = _creature(rng)
+        g = g.resize((g.width * max(1, scale // 2), g.height * max(1, scale // 2)), Image.Resampling.NEAREST)
+        img.alpha_composite(g, (rng.randint(0, max(0, img.width - g.width)), max(0, img.height - g.height)))
     return img
 
 
@@ -433,7 +494,9 @@ def _screenshot(rng: random.Random) -> Image.Image:
     draw = ImageDraw.Draw(img)
     accent = rng.choice(SATURATED[:8])
     bar = h // 16
-    draw.rectangle((0, 0, w, bar), fill=(60, 60, 70) if theme[0][0] > 128 else (20, 20, 20))
+    draw.rectangle(
+        (0, 0, w, bar), fill=_jitter(rng, rng.choice(SATURATED + [(60, 60, 70), (20, 20, 20)]), 40)
+    )
     for k in range(3):
         draw.ellipse((10 + k * bar, bar // 4, 10 + k * bar + bar // 2, bar // 4 + bar // 2),
                      fill=[(255, 95, 86), (255, 189, 46), (39, 201, 63)][k])  # fmt: skip
@@ -446,8 +509,8 @@ def _screenshot(rng: random.Random) -> Image.Image:
     while y < h - h // 10:
         draw.text((side + 20, y), _words(rng, rng.randint(4, 12)), fill=theme[1], font=font)
         y += h // 28
-        if rng.random() < 0.12:
-            ph = rng.randint(h // 10, h // 4)
+        if rng.random() < 0.2:
+            ph = rng.randint(h // 8, h // 3)
             draw.rectangle((side + 20, y, side + 20 + int(ph * 1.5), y + ph), fill=_colour(rng))
             y += ph + 10
     bx = side + 20

@@ -311,45 +311,88 @@ def _rgb_sum(x: np.ndarray) -> np.ndarray:
     return x[..., 0] + x[..., 1] + x[..., 2]
 
 
+SIDE = 2 * SHIFT + 1
+# Displacement k (0 .. SIDE² - 1) pairs a[y, x] with b[y + dy, x + dx] over their overlap.
+DISPLACEMENTS = [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
+FFT = 36  # FFT side: at least THUMB + SHIFT, so circular wrap-around never reaches |d| <= SHIFT
+FLAT_RMS = 1.0  # a thumbnail part whose colours vary less than this (RMS, 0-255 per channel) is flat
+BLUR = True  # correlate [1 2 1]-smoothed thumbnails: thin strokes survive a sub-pixel move
+
+
+def _overlap(d: int) -> slice:
+    """Rows (or columns) of the first image that overlap the second at displacement d."""
+    return slice(max(0, -d), THUMB - max(0, d))
+
+
+def _smooth(f: np.ndarray) -> np.ndarray:
+    """[1 2 1] / 4 along the last two axes, edges repeated."""
+    y = np.concatenate([f[..., :1, :], f, f[..., -1:, :]], axis=-2)
+    y = y[..., :-2, :] + 2 * y[..., 1:-1, :] + y[..., 2:, :]
+    y = np.concatenate([y[..., :1], y, y[..., -1:]], axis=-1)
+    return (y[..., :-2] + 2 * y[..., 1:-1] + y[..., 2:]) / 16
+
+
 @dataclass(frozen=True)
-class _Grey:
-    """What the correlation needs of a set of thumbnails: computed once per image, not
-    once per candidate pair (images recur in pairs)."""
+class _Prepared:
+    """What the correlation needs of a set of thumbnails: computed once per image, not once
+    per candidate pair (images recur in pairs)."""
 
-    grey: np.ndarray  # (u, 32, 32) float32, R+G+B
-    inner: np.ndarray  # (u, n, n) float32: the grey inner window, zero mean, unit norm
-    norm: np.ndarray  # (u, shifts) centred L2 norm of each shifted grey window
-
-
-def _prepare_grey(t: np.ndarray) -> _Grey:
-    grey = _rgb_sum(t.astype(np.float32))
-    u, n = len(grey), grey.shape[1] - 2 * SHIFT
-    ig = grey[:, SHIFT:-SHIFT, SHIFT:-SHIFT].reshape(u, -1)
-    ig = ig - ig.mean(axis=1, keepdims=True)
-    ig /= np.sqrt((ig * ig).sum(axis=1, keepdims=True)) + 1e-3
-    # Every shifted window's sum at once: W @ grey @ W.T, W selecting each shift's rows.
-    side = 2 * SHIFT + 1
-    r, dy = np.arange(grey.shape[1]), np.arange(side)[:, None]
-    w = (r >= dy) & (r < dy + n)  # (side, 32)
-    # float64: s2 - s²/n² cancels badly in float32 on near-flat windows.
-    g64, w = grey.astype(np.float64), w.astype(np.float64)
-    s = (w @ g64 @ w.T).reshape(u, -1)
-    s2 = (w @ (g64 * g64) @ w.T).reshape(u, -1)
-    norm = (np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3).astype(np.float32)
-    return _Grey(grey, ig.reshape(u, n, n), norm)
+    spectrum: np.ndarray  # (u, 3, FFT, FFT // 2 + 1) complex64: each colour channel's 2-D FFT
+    sums: np.ndarray  # (u, SIDE², 3) float64: channel sums over the image's overlap part, per d
+    squares: np.ndarray  # (u, SIDE²) float64: sums of squares there, all channels
 
 
-def _correlate(pa: _Grey, ia: np.ndarray, pb: _Grey, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best Pearson correlation of a's inner window with b's windows over the shifts, and
-    that shift's index."""
-    n = pa.inner.shape[1]
-    side = 2 * SHIFT + 1
-    ig, grey = pa.inner[ia], pb.grey[ib]
-    corr = np.empty((len(ia), side * side), np.float32)
-    for k in range(side * side):
-        dy, dx = divmod(k, side)
-        corr[:, k] = np.einsum("pij,pij->p", ig, grey[:, dy : dy + n, dx : dx + n])
-    corr /= pb.norm[ib]
+def _region_sums(x: np.ndarray) -> np.ndarray:
+    """(u, C, 32, 32) -> (u, SIDE², C): sums over the first image's overlap part for each
+    displacement, from one summed-area table."""
+    table = np.zeros((*x.shape[:2], THUMB + 1, THUMB + 1))
+    table[:, :, 1:, 1:] = x.cumsum(axis=2).cumsum(axis=3)
+    out = np.empty((len(x), len(DISPLACEMENTS), x.shape[1]))
+    for k, (dy, dx) in enumerate(DISPLACEMENTS):
+        r, c = _overlap(dy), _overlap(dx)
+        out[:, k] = table[:, :, r.stop, c.stop] - table[:, :, r.start, c.stop]
+        out[:, k] += table[:, :, r.start, c.start] - table[:, :, r.stop, c.start]
+    return out
+
+
+def _prepare(t: np.ndarray) -> _Prepared:
+    """Thumbnails (u, 32, 32, 3) uint8. All three channels take part (a plain grey would see
+    a red-and-blue picture as flat); each channel minus its mean, so the sums below lose
+    nothing to cancellation."""
+    f = np.moveaxis(t, 3, 1).astype(np.float32)  # channels first: numpy reduces those fast
+    if BLUR:
+        f = _smooth(f)
+    f -= f.mean(axis=(2, 3), keepdims=True)
+    spectrum = np.fft.rfft2(f, s=(FFT, FFT)).astype(np.complex64)
+    f64 = f.astype(np.float64)
+    squares = _region_sums((f64 * f64).sum(axis=1, keepdims=True))[:, :, 0]
+    return _Prepared(spectrum, _region_sums(f64), squares)
+
+
+def _correlate(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best Pearson correlation of images a and b over their overlap, across the
+    displacements, and that displacement's index. Symmetric: a at d is b at -d.
+
+    The three colour channels count as one long vector, centred per channel over the
+    overlap, so a brightness or contrast change leaves the score alone. Rule for flat
+    parts (RMS below FLAT_RMS, where a correlation is noise over noise): both flat -> 1,
+    the colour check decides; one flat -> 0. The result is clamped to [-1, 1].
+    """
+    cross = (np.conj(pa.spectrum[ia]) * pb.spectrum[ib]).sum(axis=1)
+    full = np.fft.irfft2(cross, s=(FFT, FFT))  # full[y, x] = sum a[i, j] * b[i + y, j + x] (mod FFT)
+    dy, dx = np.array(DISPLACEMENTS).T
+    raw = full[:, dy % FFT, dx % FFT].astype(np.float64)
+    n = ((THUMB - np.abs(dy)) * (THUMB - np.abs(dx))).astype(np.float64)
+    mirror = len(DISPLACEMENTS) - 1 - np.arange(len(DISPLACEMENTS))  # index of -d
+    sa, sb = pa.sums[ia], pb.sums[ib][:, mirror]
+    cov = raw - (sa * sb).sum(axis=2) / n
+    var_a = np.maximum(pa.squares[ia] - (sa * sa).sum(axis=2) / n, 0)
+    var_b = np.maximum(pb.squares[ib][:, mirror] - (sb * sb).sum(axis=2) / n, 0)
+    flat = FLAT_RMS * FLAT_RMS * 3 * n
+    flat_a, flat_b = var_a < flat, var_b < flat
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
+    corr = np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), corr).astype(np.float32)
     best = corr.argmax(axis=1)
     return corr[np.arange(len(ia)), best], best
 
@@ -361,39 +404,44 @@ def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f, _rgb_sum(np.abs(f - _background(f)[:, None, None])) > FOREGROUND
 
 
+GAIN = 1.5  # brightness is matched up to this factor either way
+
+
 def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] (inner window) and
-    f[ib[k]] (window at `shift`), after matching brightness, over the pixels that are
-    foreground in either: hashes and correlation see luminance only."""
-    p, n = len(ia), f.shape[1] - 2 * SHIFT
-    aw = f[ia, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    faw = fg[ia, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    bw = np.empty_like(aw)
-    fbw = np.empty_like(faw)
-    # Grouped by shift, each window is a plain slice: much cheaper than a per-pixel gather.
+    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] and f[ib[k]] over
+    their overlap at displacement shift[k], after matching brightness, over the pixels
+    that are foreground in either (all of them when neither has any): hashes and the
+    correlation are blind to a uniform change of colour. Symmetric in a and b."""
+    out = np.empty(len(ia), np.float32)
+    # Grouped by displacement, each window is a plain slice: much cheaper than a gather.
     for k in np.unique(shift).tolist():
         sel = np.flatnonzero(shift == k)
-        dy, dx = divmod(k, 2 * SHIFT + 1)
-        bw[sel] = f[ib[sel], dy : dy + n, dx : dx + n]
-        fbw[sel] = fg[ib[sel], dy : dy + n, dx : dx + n]
-    gain = aw.reshape(p, -1).mean(axis=1) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
-    err = _rgb_sum(np.abs(aw - gain[:, None, None, None] * bw)).reshape(p, -1) / 3
-    mask = (faw | fbw).reshape(p, -1)
-    return ((err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)).astype(np.float32)
+        dy, dx = DISPLACEMENTS[k]
+        aw = f[ia[sel], _overlap(dy), _overlap(dx)]
+        bw = f[ib[sel], _overlap(-dy), _overlap(-dx)]
+        mask = fg[ia[sel], _overlap(dy), _overlap(dx)] | fg[ib[sel], _overlap(-dy), _overlap(-dx)]
+        p = len(sel)
+        gain = aw.reshape(p, -1).mean(axis=1) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
+        root = np.sqrt(np.clip(gain, 1 / GAIN, GAIN))[:, None, None, None]
+        err = (_rgb_sum(np.abs(aw / root - bw * root)) / 3).reshape(p, -1)
+        mask = mask.reshape(p, -1)
+        mask[~mask.any(axis=1)] = True
+        out[sel] = (err * mask).sum(axis=1) / mask.sum(axis=1)
+    return out
 
 
 def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compare thumbnails a[k] and b[k], each (P, 32, 32, 3) uint8.
 
-    Returns (correlation, colour difference): the best Pearson correlation of a's
-    inner window with b shifted by up to SHIFT pixels, and at that shift the mean
-    absolute colour difference (0-255, after matching brightness) over the pixels
-    that are foreground in either.
+    Returns (correlation, colour difference): the best Pearson correlation in [-1, 1] of
+    the two over their overlap, displaced by up to SHIFT pixels each way, and at that
+    displacement the mean absolute colour difference (0-255, after matching brightness)
+    over the pixels that are foreground in either. Symmetric in a and b.
     """
     if not len(a):
         return np.empty(0, np.float32), np.empty(0, np.float32)
     k = np.arange(len(a))
-    score, shift = _correlate(_prepare_grey(a), k, _prepare_grey(b), k)
+    score, shift = _correlate(_prepare(a), k, _prepare(b), k)
     f, fg = _colour_prep(np.concatenate([a, b]))
     return score, _colour(f, fg, k, k + len(a), shift)
 
@@ -435,12 +483,12 @@ def verify_pairs(
         # Each image once per block, however many of its pairs the block holds.
         ids, inv = np.unique(np.concatenate([x, y]), return_inverse=True)
         ix, iy = inv[: len(x)], inv[len(x) :]
-        own = _prepare_grey(thumbs[ids, 0])
+        own = _prepare(thumbs[ids, 0])
         best, shift = _correlate(own, ix, own, iy)
         which = np.zeros(len(x), np.int8)  # 0 own~own, 1 own~crop, 2 crop~own
         again = np.flatnonzero(best < RECHECK)
         if len(again):
-            crop = _prepare_grey(thumbs[ids, 1])
+            crop = _prepare(thumbs[ids, 1])
             for w, (pi, pj) in enumerate(((own, crop), (crop, own)), start=1):
                 sc, sh = _correlate(pi, ix[again], pj, iy[again])
                 better = sc > best[again]
