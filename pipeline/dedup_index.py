@@ -316,6 +316,8 @@ SIDE = 2 * SHIFT + 1
 DISPLACEMENTS = [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
 FFT = 36  # FFT side: at least THUMB + SHIFT, so circular wrap-around never reaches |d| <= SHIFT
 FLAT_RMS = 1.0  # a thumbnail part whose colours vary less than this (RMS, 0-255 per channel) is flat
+CHANNELS = "rgb"
+LUMA = np.array([0.299, 0.587, 0.114], np.float32) * 3
 BLUR = True  # correlate [1 2 1]-smoothed thumbnails: thin strokes survive a sub-pixel move
 
 
@@ -360,6 +362,8 @@ def _prepare(t: np.ndarray) -> _Prepared:
     a red-and-blue picture as flat); each channel minus its mean, so the sums below lose
     nothing to cancellation."""
     f = np.moveaxis(t, 3, 1).astype(np.float32)  # channels first: numpy reduces those fast
+    if CHANNELS == "luma":
+        f = (f * LUMA[:, None, None]).sum(axis=1, keepdims=True)
     if BLUR:
         f = _smooth(f)
     f -= f.mean(axis=(2, 3), keepdims=True)
@@ -388,13 +392,16 @@ def _correlate(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> 
     cov = raw - (sa * sb).sum(axis=2) / n
     var_a = np.maximum(pa.squares[ia] - (sa * sa).sum(axis=2) / n, 0)
     var_b = np.maximum(pb.squares[ib][:, mirror] - (sb * sb).sum(axis=2) / n, 0)
-    flat = FLAT_RMS * FLAT_RMS * 3 * n
+    flat = FLAT_RMS * FLAT_RMS * sa.shape[2] * n
     flat_a, flat_b = var_a < flat, var_b < flat
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
     corr = np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), corr).astype(np.float32)
+    rows = np.arange(len(ia))
     best = corr.argmax(axis=1)
-    return corr[np.arange(len(ia)), best], best
+    centre = len(DISPLACEMENTS) // 2
+    best[corr[rows, centre] >= corr[rows, best]] = centre  # ties (flat parts): no displacement
+    return corr[rows, best], best
 
 
 def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -421,7 +428,7 @@ def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift
         bw = f[ib[sel], _overlap(-dy), _overlap(-dx)]
         mask = fg[ia[sel], _overlap(dy), _overlap(dx)] | fg[ib[sel], _overlap(-dy), _overlap(-dx)]
         p = len(sel)
-        gain = aw.reshape(p, -1).mean(axis=1) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
+        gain = (aw.reshape(p, -1).mean(axis=1) + 1e-3) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
         root = np.sqrt(np.clip(gain, 1 / GAIN, GAIN))[:, None, None, None]
         err = (_rgb_sum(np.abs(aw / root - bw * root)) / 3).reshape(p, -1)
         mask = mask.reshape(p, -1)

@@ -1,4 +1,5 @@
 import csv
+import io
 import itertools
 import json
 import random
@@ -6,10 +7,21 @@ from functools import partial
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageEnhance
 
 from pipeline import dedup, download, synthetic
-from pipeline.dedup_index import candidate_pairs, features, group, hamming, near_pairs, pack, verify_pairs
+from pipeline.dedup_index import (
+    candidate_pairs,
+    features,
+    group,
+    hamming,
+    near_pairs,
+    pack,
+    verify,
+    verify_pairs,
+)
 from pipeline.images import decode, load_rgb, sha256_file, write_csv_atomic
 from pipeline.params import ParamsError, params_from_dict
 
@@ -393,3 +405,78 @@ def test_a_killed_run_resumes_from_the_features_saved_as_it_went(known_set, monk
     assert path.exists() and dedup._part_paths(path) == []  # merged into one file
     report = json.loads(open("data/dedup/report.json").read())
     assert report["from_cache"] == 6 and report["hashed"] == len(again)
+
+
+# --- verification numerics (issue 17) ------------------------------------------------------
+
+
+def _thumb(kind: str, seed: int, level: int) -> np.ndarray:
+    """A 32x32 RGB thumbnail: random noise, flat, near-flat (flat + noise of +-level), or
+    red/blue halves whose R+G+B is constant (flat in a plain grey)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    base = np.zeros((32, 32, 3), np.int64) + rng.integers(0, 256, 3)
+    if kind == "red-blue":
+        base[:] = (200, 0, 0)
+        base[:, rng.integers(4, 28) :] = (0, 0, 200)
+    if kind in ("near-flat", "red-blue"):
+        base += rng.integers(-level, level + 1, base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+kinds = st.sampled_from(["random", "flat", "near-flat", "red-blue"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(kinds, kinds, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 3))
+def test_verify_is_bounded_and_symmetric(kind_a, kind_b, seed_a, seed_b, level):
+    a = _thumb(kind_a, seed_a, level)[None]
+    b = _thumb(kind_b, seed_b, level)[None]
+    (s_ab,), (c_ab,) = verify(a, b)
+    (s_ba,), (c_ba,) = verify(b, a)
+    assert -1.0 <= s_ab <= 1.0 and -1.0 <= s_ba <= 1.0  # a correlation, never 18.6
+    assert abs(s_ab - s_ba) <= 1e-4
+    assert 0.0 <= c_ab <= 255.0 and abs(c_ab - c_ba) <= 1e-2
+    (s_aa,), (c_aa,) = verify(a, a)
+    assert s_aa == pytest.approx(1.0, abs=1e-4) and c_aa == pytest.approx(0.0, abs=1e-3)
+
+
+def test_flat_thumbnails_follow_the_flat_rule():
+    white, grey, red, blue = (
+        np.full((1, 32, 32, 3), c, np.uint8) for c in (255, 200, (255, 0, 0), (0, 0, 255))
+    )
+    noise = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    s, c = verify(np.concatenate([white, red, white]), np.concatenate([grey, blue, noise]))
+    assert s[0] == 1.0 and c[0] < 1  # both flat: 1, and the colour decides (brightness matched)
+    assert s[1] == 1.0 and c[1] > 100  # a flat red and a flat blue picture differ in colour
+    assert s[2] == 0.0  # flat against textured: 0
+
+
+def red_blue(flip=False, size=(300, 200)):
+    """The issue's picture: red left, blue right; R+G+B is the same everywhere."""
+    img = Image.new("RGB", size, (255, 0, 0))
+    ImageDraw.Draw(img).rectangle((size[0] // 2, 0, size[0], size[1]), fill=(0, 0, 255))
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
+
+
+def test_red_blue_copies_are_grouped_and_the_mirror_image_is_not(in_tmp):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; the loader turns it upright
+    sideways = io.BytesIO()
+    red_blue().transpose(Image.Transpose.ROTATE_90).save(sideways, "JPEG", quality=70, exif=exif.tobytes())
+    gif = io.BytesIO()
+    red_blue().convert("P", palette=Image.Palette.ADAPTIVE).save(gif, "GIF")
+    write_index(
+        in_tmp,
+        {
+            "rb": (red_blue(), "png"),
+            "rb-jpg": (red_blue(), "jpg", 40),
+            "rb-gif": (gif.getvalue(), "gif"),
+            "rb-exif": (sideways.getvalue(), "jpg"),
+            "br": (red_blue(flip=True), "png"),
+        },
+    )
+    members = dedup.run(params_from_dict({"dedup": {"workers": 1}}))
+    assert groups_of(members) == [["br"], ["rb", "rb-exif", "rb-gif", "rb-jpg"]]
+    assert all(-1 <= float(m["score"]) <= 1 for m in members)
