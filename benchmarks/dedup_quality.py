@@ -36,7 +36,7 @@ import dedup_set
 from pipeline import dedup
 from pipeline.dedup_index import hamming, pack
 from pipeline.images import load_rgb
-from pipeline.params import DedupParams
+from pipeline.params import DedupParams, from_defaults
 
 
 def pair_scores(pred: list[int], truth: list[str]) -> tuple[float, float]:
@@ -221,7 +221,7 @@ def main() -> None:
     kinds = [r["kind"] for r in rows]
     n = len(files)
     print(f"set: {args.originals} originals, {n} images ({time.perf_counter() - t0:.0f} s to build or load)")
-    p = DedupParams(workers=args.workers)
+    p = from_defaults(DedupParams, workers=args.workers)
     print(f"\n{'method':34} {'thr':>4} {'precision':>9} {'recall':>7} {'img/s':>7}")
 
     def add(row: tuple[str, int, float, float, float]) -> None:

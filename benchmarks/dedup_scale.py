@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.dedup_index import candidate_pairs, group, hamming, pack, verify_pairs
-from pipeline.params import DedupParams
+from pipeline.params import DedupParams, from_defaults
 
 
 def planted(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--subset", type=int, default=50_000)
-    ap.add_argument("--threshold", type=int, default=DedupParams().threshold)
+    ap.add_argument("--threshold", type=int, default=from_defaults(DedupParams).threshold)
     args = ap.parse_args()
     t = args.threshold
 

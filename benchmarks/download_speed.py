@@ -26,6 +26,7 @@ from PIL import Image
 
 from pipeline.fetch import Fetcher, Task
 from pipeline.images import ImageError, probe
+from pipeline.params import DownloadParams, from_defaults
 
 HOSTS = 8
 
@@ -95,7 +96,8 @@ def sequential(urls: list[str], out: Path) -> list[Path]:
 
 
 def concurrent(urls: list[str], out: Path) -> list[Path]:
-    outcomes = Fetcher(out, min_side=32).fetch_many([Task(u) for u in urls], desc="fetcher")
+    fetcher = Fetcher.from_params(out, from_defaults(DownloadParams, min_side=32))
+    outcomes = fetcher.fetch_many([Task(u) for u in urls], desc="fetcher")
     return sorted({out / o.file for o in outcomes if o.ok})
 
 

@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pipeline import resize
 from pipeline.images import write_csv_atomic
-from pipeline.params import Params, ResizeParams, parse_color
+from pipeline.params import ResizeParams, from_defaults, params_from_dict, parse_color
 
 ASPECTS = [(4, 3), (3, 2), (16, 9), (1, 1), (3, 4), (2, 3), (9, 16), (5, 4)]
 
@@ -183,7 +183,10 @@ def main() -> None:
             [{"id": Path(n).stem, "file": n} for n in names],
         )
 
-        p = ResizeParams(size=args.size, mode=args.mode, reducing_gap=args.gap, workers=args.workers)
+        p = from_defaults(
+            ResizeParams, size=args.size, mode=args.mode, reducing_gap=args.gap, workers=args.workers
+        )
+        params = params_from_dict({})
         naive_dir = root / "naive"
         naive_dir.mkdir()
         timings: list[tuple[str, float, float]] = []
@@ -197,7 +200,7 @@ def main() -> None:
                 (f"stage, {args.workers or cores} workers", args.workers),
             ]:
                 with timed(timings, label):
-                    resize.run(Params(resize=dataclasses.replace(p, workers=workers)))
+                    resize.run(dataclasses.replace(params, resize=dataclasses.replace(p, workers=workers)))
         finally:
             os.chdir(cwd)
 

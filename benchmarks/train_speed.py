@@ -40,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.model import Discriminator, Generator
-from pipeline.params import TrainParams
+from pipeline.params import TrainParams, from_defaults
 from pipeline.train import Trainer, pick_device
 
 IMAGES = 300  # about the size of a curated Mario set
@@ -113,7 +113,9 @@ def reference_steps(args: argparse.Namespace, device: torch.device) -> tuple[int
 
 
 def ours_steps(args: argparse.Namespace, device: torch.device) -> tuple[int, float]:
-    p = TrainParams(
+    p = from_defaults(
+        TrainParams,
+        upsample="deconv",  # the pytorch/examples G the reference loop trains
         resolution=args.size,
         channels=args.channels,
         batch_size=args.batch,
@@ -143,7 +145,14 @@ def model_flops_per_image(args: argparse.Namespace, device: torch.device) -> flo
     """FLOPs of one training step per image: G forward/backward, D three forwards and their backwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    p = TrainParams(resolution=args.size, channels=args.channels, batch_size=args.batch, diffaugment="none")
+    p = from_defaults(
+        TrainParams,
+        upsample="deconv",
+        resolution=args.size,
+        channels=args.channels,
+        batch_size=args.batch,
+        diffaugment="none",
+    )
     t = Trainer(p, make_images(args.batch, args.size), device)
     t.step()
     with FlopCounterMode(display=False) as counter:

@@ -40,6 +40,18 @@ from prefect.artifacts import (
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
+from pipeline.contracts import (
+    CURATED_REPORT,
+    DEDUP_REPORT,
+    EVALUATE_METRICS,
+    PROCESSED_INDEX,
+    RAW_INDEX,
+    RAW_REJECTED,
+    RAW_REPORT,
+    SAMPLE_GRID,
+    TRAIN_METRICS,
+)
+
 # The two stages the flow treats specially: the network fetch retries, training reports progress.
 DOWNLOAD = "download"
 TRAIN = "train"
@@ -248,11 +260,11 @@ def _size(value: object) -> object:
 def stage_counts(repo: str | Path = ".") -> list[dict]:
     """Images per stage, from the reports the stages wrote; a missing report leaves its rows out."""
     root = Path(repo)
-    raw = _read_json(root / "data/raw/report.json")
-    dedup = _read_json(root / "data/dedup/report.json")
-    curate = _read_json(root / "data/curated/report.json")
-    downloaded = _csv_rows(root / "data/raw/index.csv")
-    rejected = raw.get("rejected", _csv_rows(root / "data/raw/rejected.csv"))
+    raw = _read_json(root / RAW_REPORT)
+    dedup = _read_json(root / DEDUP_REPORT)
+    curate = _read_json(root / CURATED_REPORT)
+    downloaded = _csv_rows(root / RAW_INDEX.path)
+    rejected = raw.get("rejected", _csv_rows(root / RAW_REJECTED.path))
     rows = [
         ("download", "downloaded", downloaded),
         ("download", "rejected by the downloader", _size(rejected)),
@@ -263,7 +275,7 @@ def stage_counts(repo: str | Path = ".") -> list[dict]:
         ("curate", "accepted", curate.get("accepted")),
         ("curate", "rejected", curate.get("rejected")),
         ("curate", "pending", curate.get("pending")),
-        ("resize", "processed", _csv_rows(root / "data/processed/index.csv")),
+        ("resize", "processed", _csv_rows(root / PROCESSED_INDEX.path)),
     ]
     return [{"stage": s, "what": w, "count": c} for s, w, c in rows if c is not None]
 
@@ -277,7 +289,7 @@ def metrics_rows(repo: str | Path = ".") -> list[dict]:
             files = r.metrics.show().get("", {}).get("data", {})
         found = {path: entry.get("data", {}) for path, entry in files.items()}
     except Exception:  # DVC could not read them: fall back to the known files
-        found = {p: _read_json(Path(repo) / p) for p in ("dvclive/metrics.json", "metrics/evaluate.json")}
+        found = {p: _read_json(Path(repo) / p) for p in (str(TRAIN_METRICS), str(EVALUATE_METRICS))}
     return [
         {"file": path, "metric": k, "value": round(v, 6) if isinstance(v, float) else v}
         for path, data in sorted(found.items())
@@ -321,13 +333,13 @@ def publish_artifacts(repo: str | Path = ".", outcome: dict[str, str] | None = N
     metrics = metrics_rows(root)
     if metrics:
         create_table_artifact(key="mario-gan-metrics", table=metrics, description="Final metrics")
-    grid = root / "samples/grid.png"
+    grid = root / SAMPLE_GRID
     if grid.exists():
         b64 = base64.b64encode(_grid_png(grid)).decode()
         create_markdown_artifact(
             key="mario-gan-samples",
-            markdown=f"## Samples\n\n![samples/grid.png](data:image/png;base64,{b64})\n",
-            description="samples/grid.png",
+            markdown=f"## Samples\n\n![{SAMPLE_GRID}](data:image/png;base64,{b64})\n",
+            description=str(SAMPLE_GRID),
         )
 
 

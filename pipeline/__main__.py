@@ -1,8 +1,10 @@
 """`python -m pipeline <stage>` runs one stage with the params in params.yaml.
 
 Stages: download, dedup, curate, resize, train, sample, evaluate. `curate` also takes
-status | sync | accept ID... | reject ID... to edit the manifest, and
-`review` serves a local page for curating with thumbnails and hotkeys.
+status | sync | accept ID... | reject ID... to edit the manifest,
+`review` serves a local page for curating with thumbnails and hotkeys,
+`sources check [--query Q]` asks each image search engine for one page, and
+`export --out DIR` hands over the trained generator (safetensors, config, model card).
 Errors a user can fix print one line and exit with status 2.
 """
 
@@ -13,8 +15,8 @@ import importlib
 import logging
 import sys
 
-from pipeline import generate
-from pipeline.errors import PipelineError
+from pipeline import export, generate
+from pipeline.errors import DISK_ERRNOS, PipelineError, disk_error
 from pipeline.params import load_params
 
 STAGES = ["download", "dedup", "curate", "resize", "train", "sample", "evaluate"]
@@ -39,10 +41,16 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--all-pending", action="store_true", help="accept/reject every pending candidate"
             )
+    sc = sub.add_parser("sources", help="check the image search engines (needs internet)")
+    sc.add_argument("action", choices=["check"], help="check: ask each engine for one page, print a table")
+    sc.add_argument("--query", default="mario", help="what to search for (default: mario)")
     rv = sub.add_parser("review", help="curate on a local web page (127.0.0.1 only)")
     rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     rv.add_argument("--no-browser", action="store_true", help="print the URL, don't open a browser")
     generate.add_arguments(sub.add_parser("generate", help="images from models/ without DVC or params.yaml"))
+    export.add_arguments(
+        sub.add_parser("export", help="hand over the generator: safetensors, config, model card")
+    )
     return ap
 
 
@@ -70,9 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "generate":
             generate.main(args)
             return 0
+        if args.stage == "export":
+            export.main(args)
+            return 0
         params = load_params(args.params)
         if args.stage == "curate":
             _curate(args, params)
+        elif args.stage == "sources":
+            from pipeline import sources
+
+            rows = sources.check(params.download, args.query)
+            print(sources.format_table(rows))
+            return 0 if any(r["results"] for r in rows) else 1
         elif args.stage == "review":
             from pipeline import review
 
@@ -81,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(f"pipeline.{args.stage}").run(params)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        print(f"error: {disk_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -12,8 +12,8 @@
 The algorithm and the reasons for its choices are explained once, in the README's
 "Deduplication" section; pipeline/dedup_index.py implements it without file I/O.
 
-Features are cached by sha256 in data/dedup/cache/ (a `persist` output in dvc.yaml,
-so DVC leaves it in place when it re-runs the stage): a re-run hashes only new files.
+Features are cached by sha256 in .cache/dedup/ (not a DVC output, so DVC leaves it in
+place when it re-runs the stage, and it never goes to a remote): a re-run hashes only new files.
 While hashing, every FLUSH_EVERY new features are saved as a part file, so a killed
 run resumes where it stopped; the parts are merged into one file at the end.
 
@@ -42,6 +42,14 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import dedup_report, paths
+from pipeline.contracts import (
+    DEDUP_CANDIDATES,
+    DEDUP_GROUPS,
+    DEDUP_REPORT,
+    DEDUP_REPORT_HTML,
+    DEDUP_SHEET,
+    RAW_INDEX,
+)
 from pipeline.dedup_index import (
     Features,
     Grouping,
@@ -52,14 +60,11 @@ from pipeline.dedup_index import (
     verify_pairs,
     work_side,
 )
-from pipeline.images import ImageError, atomic_open, decode, read_csv, write_csv_atomic, write_text_atomic
+from pipeline.images import ImageError, atomic_open, decode, write_text_atomic
 from pipeline.params import DedupParams, Params
 
 log = logging.getLogger(__name__)
 
-GROUP_FIELDS = ["id", "group", "kept", "distance", "score", "colour_diff", "match", "file"]
-CANDIDATE_FIELDS = ["id", "file", "width", "height", "group_size"]
-CACHE = "cache"
 # Bumped whenever features() changes its output. v3: hashes from the box thumbnails.
 CACHE_VERSION = "v3"
 # A cache file, or a part saved while hashing: "<hash>-<size>-<mode>-<version>[.partNNNNN].npz".
@@ -85,7 +90,7 @@ def _hash_one(job: tuple[str, str, bool, str, int]) -> tuple[str, Features | str
 
 def cache_path(p: DedupParams) -> Path:
     mode = "draft" if p.draft else "full"
-    return paths.DEDUP / CACHE / f"{p.hash}-{p.hash_size}-{mode}-{CACHE_VERSION}.npz"
+    return paths.DEDUP_CACHE / f"{p.hash}-{p.hash_size}-{mode}-{CACHE_VERSION}.npz"
 
 
 def _part_paths(path: Path) -> list[Path]:
@@ -210,7 +215,13 @@ def group_features(hashes: np.ndarray, thumbs: np.ndarray, p: DedupParams) -> tu
     """Search candidates and group images given best first; returns the grouping and the
     number of candidate pairs."""
     pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers))
-    verifier = partial(verify_pairs, thumbs, workers=default_workers(p.workers), min_score=p.min_score)
+    verifier = partial(
+        verify_pairs,
+        thumbs,
+        workers=default_workers(p.workers),
+        min_score=p.min_score,
+        max_colour=p.max_colour_diff,
+    )
     return group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff), len(pairs[0])
 
 
@@ -263,19 +274,15 @@ def member_rows(rows: list[dict], order: list[int], reps: list[int], grouping: G
             {
                 "id": rows[i]["id"],
                 "group": kept_row["id"],
-                "kept": str(kept).lower(),
+                "kept": kept,
                 "distance": 0 if same_file else int(grouping.distance[k]),
-                "score": f"{1.0 if same_file else grouping.score[k]:.3f}",
-                "colour_diff": f"{0.0 if same_file else grouping.colour[k]:.1f}",
+                "score": 1.0 if same_file else round(float(grouping.score[k]), 3),
+                "colour_diff": 0.0 if same_file else round(float(grouping.colour[k]), 1),
                 "match": "kept" if kept else "exact" if exact else "near",
                 "file": rows[i]["file"],
             }
         )
     return sorted(members, key=lambda m: m["id"])
-
-
-def _is_kept(m: dict) -> bool:
-    return m["kept"] == "true"
 
 
 # --- 4. write ---------------------------------------------------------------------------
@@ -290,36 +297,30 @@ def write_outputs(
     p: DedupParams,
 ) -> dict:
     """groups.csv, candidates.csv, groups.png, report.html and report.json; returns the report."""
-    raw, out = paths.RAW, paths.DEDUP
-    write_csv_atomic(out / "groups.csv", GROUP_FIELDS, members)
+    raw = paths.RAW
+    DEDUP_GROUPS.write(members)
     by_id = {r["id"]: r for r in rows}
     groups: dict[str, list[dict]] = {}
     for m in members:
         groups.setdefault(m["group"], []).append(m)
-    write_csv_atomic(
-        out / "candidates.csv",
-        CANDIDATE_FIELDS,
-        (
-            {
-                "id": m["id"],
-                "file": m["file"],
-                "width": by_id[m["id"]]["width"],
-                "height": by_id[m["id"]]["height"],
-                "group_size": len(groups[m["id"]]),
-            }
-            for m in members
-            if _is_kept(m)
-        ),
+    DEDUP_CANDIDATES.write(
+        {
+            "id": m["id"],
+            "file": m["file"],
+            "width": by_id[m["id"]]["width"],
+            "height": by_id[m["id"]]["height"],
+            "group_size": len(groups[m["id"]]),
+        }
+        for m in members
+        if m["kept"]
     )
     multi = sorted(
-        (sorted(g, key=lambda m: (not _is_kept(m), m["id"])) for g in groups.values() if len(g) > 1),
+        (sorted(g, key=lambda m: (not m["kept"], m["id"])) for g in groups.values() if len(g) > 1),
         key=lambda g: (-len(g), g[0]["id"]),
     )
-    dedup_report.groups_sheet(raw, by_id, multi, out / "groups.png")
-    write_text_atomic(
-        out / "report.html", dedup_report.report_html(raw, by_id, multi, rejected, unreadable, p)
-    )
-    kept_n = sum(_is_kept(m) for m in members)
+    dedup_report.groups_sheet(raw, by_id, multi, DEDUP_SHEET)
+    write_text_atomic(DEDUP_REPORT_HTML, dedup_report.report_html(raw, by_id, multi, rejected, unreadable, p))
+    kept_n = sum(m["kept"] for m in members)
     report = {
         "images": len(rows),
         "unreadable": unreadable,
@@ -328,14 +329,14 @@ def write_outputs(
         "groups_with_duplicates": len(multi),
         **counts,
     }
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(DEDUP_REPORT, json.dumps(report, indent=2) + "\n")
     return report
 
 
 def run(params: Params) -> list[dict]:
     """Hash every downloaded image, group duplicates, write the outputs; return groups.csv rows."""
     p = params.dedup
-    rows = read_csv(paths.RAW / "index.csv")
+    rows = RAW_INDEX.read()
     feats, hashed = hash_all(rows, paths.RAW, p)
     unreadable = [
         {"id": r["id"], "file": r["file"], "reason": feats[r["sha256"]]}

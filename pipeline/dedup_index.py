@@ -315,8 +315,7 @@ SIDE = 2 * SHIFT + 1
 # Displacement k (0 .. SIDE² - 1) pairs a[y, x] with b[y + dy, x + dx] over their overlap.
 DISPLACEMENTS = [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
 FFT = 36  # FFT side: at least THUMB + SHIFT, so circular wrap-around never reaches |d| <= SHIFT
-FLAT_RMS = 1.0  # a thumbnail part whose colours vary less than this (RMS, 0-255 per channel) is flat
-CHANNELS = "rgb"
+FLAT_RMS = 3.0  # a thumbnail part whose luma (0-765) varies less than this (RMS) is flat
 LUMA = np.array([0.299, 0.587, 0.114], np.float32) * 3
 BLUR = True  # correlate [1 2 1]-smoothed thumbnails: thin strokes survive a sub-pixel move
 
@@ -324,6 +323,11 @@ BLUR = True  # correlate [1 2 1]-smoothed thumbnails: thin strokes survive a sub
 def _overlap(d: int) -> slice:
     """Rows (or columns) of the first image that overlap the second at displacement d."""
     return slice(max(0, -d), THUMB - max(0, d))
+
+
+_DY, _DX = np.array(DISPLACEMENTS).T
+_N = ((THUMB - np.abs(_DY)) * (THUMB - np.abs(_DX))).astype(np.float64)  # overlap sizes
+_MIRROR = len(DISPLACEMENTS) - 1 - np.arange(len(DISPLACEMENTS))  # the index of -d
 
 
 def _smooth(f: np.ndarray) -> np.ndarray:
@@ -339,61 +343,56 @@ class _Prepared:
     """What the correlation needs of a set of thumbnails: computed once per image, not once
     per candidate pair (images recur in pairs)."""
 
-    spectrum: np.ndarray  # (u, 3, FFT, FFT // 2 + 1) complex64: each colour channel's 2-D FFT
-    sums: np.ndarray  # (u, SIDE², 3) float64: channel sums over the image's overlap part, per d
-    squares: np.ndarray  # (u, SIDE²) float64: sums of squares there, all channels
+    luma: np.ndarray  # (u, 32, 32) float32: luma minus its mean
+    sums: np.ndarray  # (u, SIDE²) float64: luma sums over the image's overlap part, per d
+    squares: np.ndarray  # (u, SIDE²) float64: sums of squares there
+
+
+# Row k selects the rows (or columns) of the first image's overlap at displacement k - SHIFT.
+_SELECT = np.array(
+    [[_overlap(d).start <= i < _overlap(d).stop for i in range(THUMB)] for d in range(-SHIFT, SHIFT + 1)]
+)
 
 
 def _region_sums(x: np.ndarray) -> np.ndarray:
-    """(u, C, 32, 32) -> (u, SIDE², C): sums over the first image's overlap part for each
-    displacement, from one summed-area table."""
-    table = np.zeros((*x.shape[:2], THUMB + 1, THUMB + 1))
-    table[:, :, 1:, 1:] = x.cumsum(axis=2).cumsum(axis=3)
-    out = np.empty((len(x), len(DISPLACEMENTS), x.shape[1]))
-    for k, (dy, dx) in enumerate(DISPLACEMENTS):
-        r, c = _overlap(dy), _overlap(dx)
-        out[:, k] = table[:, :, r.stop, c.stop] - table[:, :, r.start, c.stop]
-        out[:, k] += table[:, :, r.start, c.start] - table[:, :, r.stop, c.start]
-    return out
+    """(u, 32, 32) -> (u, SIDE²): sums over the first image's overlap part for each
+    displacement, as S @ x @ S.T (the same matrix picks rows and columns)."""
+    s = _SELECT.astype(x.dtype)
+    return (s @ x @ s.T).reshape(len(x), -1)
 
 
 def _prepare(t: np.ndarray) -> _Prepared:
-    """Thumbnails (u, 32, 32, 3) uint8. All three channels take part (a plain grey would see
-    a red-and-blue picture as flat); each channel minus its mean, so the sums below lose
-    nothing to cancellation."""
-    f = np.moveaxis(t, 3, 1).astype(np.float32)  # channels first: numpy reduces those fast
-    if CHANNELS == "luma":
-        f = (f * LUMA[:, None, None]).sum(axis=1, keepdims=True)
+    """Thumbnails (u, 32, 32, 3) uint8, as luma (Rec. 601 weights x 3, so 0-765 like
+    R+G+B): unlike a plain R+G+B, it tells red from blue, so a red-and-blue picture is not
+    flat. Minus its mean, so the sums below lose nothing to cancellation."""
+    f = t.reshape(-1, 3).astype(np.float32) @ LUMA
+    f = f.reshape(t.shape[:3])
     if BLUR:
         f = _smooth(f)
-    f -= f.mean(axis=(2, 3), keepdims=True)
-    spectrum = np.fft.rfft2(f, s=(FFT, FFT)).astype(np.complex64)
+    f -= f.mean(axis=(1, 2), keepdims=True)
     f64 = f.astype(np.float64)
-    squares = _region_sums((f64 * f64).sum(axis=1, keepdims=True))[:, :, 0]
-    return _Prepared(spectrum, _region_sums(f64), squares)
+    return _Prepared(f, _region_sums(f64), _region_sums(f64 * f64))
 
 
 def _correlate(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best Pearson correlation of images a and b over their overlap, across the
     displacements, and that displacement's index. Symmetric: a at d is b at -d.
 
-    The three colour channels count as one long vector, centred per channel over the
-    overlap, so a brightness or contrast change leaves the score alone. Rule for flat
-    parts (RMS below FLAT_RMS, where a correlation is noise over noise): both flat -> 1,
-    the colour check decides; one flat -> 0. The result is clamped to [-1, 1].
+    Rule for flat parts (luma RMS below FLAT_RMS, where a correlation would be noise over
+    noise): both flat -> 1, and the colour check decides; one flat -> 0. Clamped to [-1, 1].
     """
-    cross = (np.conj(pa.spectrum[ia]) * pb.spectrum[ib]).sum(axis=1)
-    full = np.fft.irfft2(cross, s=(FFT, FFT))  # full[y, x] = sum a[i, j] * b[i + y, j + x] (mod FFT)
-    dy, dx = np.array(DISPLACEMENTS).T
-    raw = full[:, dy % FFT, dx % FFT].astype(np.float64)
-    n = ((THUMB - np.abs(dy)) * (THUMB - np.abs(dx))).astype(np.float64)
-    mirror = len(DISPLACEMENTS) - 1 - np.arange(len(DISPLACEMENTS))  # index of -d
-    sa, sb = pa.sums[ia], pb.sums[ib][:, mirror]
-    cov = raw - (sa * sb).sum(axis=2) / n
-    var_a = np.maximum(pa.squares[ia] - (sa * sa).sum(axis=2) / n, 0)
-    var_b = np.maximum(pb.squares[ib][:, mirror] - (sb * sb).sum(axis=2) / n, 0)
-    flat = FLAT_RMS * FLAT_RMS * sa.shape[2] * n
-    flat_a, flat_b = var_a < flat, var_b < flat
+    ga, gb = pa.luma[ia], pb.luma[ib]
+    raw = np.empty((len(ia), len(DISPLACEMENTS)))
+    for k, (dy, dx) in enumerate(DISPLACEMENTS):
+        # sum over the overlap of a[i, j] * b[i + dy, j + dx]
+        raw[:, k] = np.einsum(
+            "pij,pij->p", ga[:, _overlap(dy), _overlap(dx)], gb[:, _overlap(-dy), _overlap(-dx)]
+        )
+    sa, sb = pa.sums[ia], pb.sums[ib][:, _MIRROR]
+    cov = raw - sa * sb / _N
+    var_a = np.maximum(pa.squares[ia] - sa * sa / _N, 0)
+    var_b = np.maximum(pb.squares[ib][:, _MIRROR] - sb * sb / _N, 0)
+    flat_a, flat_b = var_a < FLAT_RMS**2 * _N, var_b < FLAT_RMS**2 * _N
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
     corr = np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), corr).astype(np.float32)
@@ -456,28 +455,45 @@ def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 RECHECK = 0.95  # below this whole-thumbnail correlation, the centre crops are compared too
 
 
+def _colour_of(
+    thumbs: np.ndarray, x: np.ndarray, y: np.ndarray, which: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    """Colour difference of pairs x[k] ~ y[k] at comparison which[k] (0 own~own, 1 own~crop,
+    2 crop~own) and displacement shift[k]."""
+    # Thumbnails as rows of (n * 2): image i's own is 2i, its centre crop 2i + 1.
+    ka, kb = 2 * x + (which == 2), 2 * y + (which == 1)
+    keys, inv = np.unique(np.concatenate([ka, kb]), return_inverse=True)
+    f, fg = _colour_prep(thumbs.reshape(-1, *thumbs.shape[2:])[keys])
+    return _colour(f, fg, inv[: len(x)], inv[len(x) :], shift)
+
+
 def verify_pairs(
     thumbs: np.ndarray,
     a: np.ndarray,
     b: np.ndarray,
     workers: int = 1,
     min_score: float = -1.0,
-    block: int = 1024,
+    max_colour: float = 255.0,
+    block: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)).
+    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)); returns (correlation,
+    colour difference) of the comparison that counts.
 
-    The correlation is the best of: own thumbnails, and (where that is below RECHECK,
-    as after a crop) each against the other's centre crop. The colour difference is
-    measured at that best comparison and shift, only for pairs scoring at least
-    `min_score` (NaN for the others: they fail anyway). Works in blocks (on `workers`
-    processes when there are many), so memory stays small for any number of pairs.
+    The own thumbnails are compared first. Where that correlation is below RECHECK, or
+    its colour difference above `max_colour` (a crop scales the content, and the edges
+    then differ in colour even where the smoothed correlation stays high), each image
+    is also compared with the other's centre crop. The comparison that counts is the
+    best-correlated one that passes both limits, else the best-correlated one. The
+    colour is only measured for comparisons scoring at least `min_score` (NaN for the
+    others: they fail anyway). Works in blocks (on `workers` processes when there are
+    many), so memory stays small for any number of pairs.
     """
     if workers > 1 and len(a) > 4 * block and "fork" in multiprocessing.get_all_start_methods():
         _JOB["thumbs"] = thumbs
         try:
             size = max(block, -(-len(a) // (2 * workers)))
             cuts = range(0, len(a), size)
-            jobs = [(a[s : s + size], b[s : s + size], min_score) for s in cuts]
+            jobs = [(a[s : s + size], b[s : s + size], min_score, max_colour) for s in cuts]
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 parts = pool.starmap(_verify_part, jobs)
         finally:
@@ -492,28 +508,43 @@ def verify_pairs(
         ix, iy = inv[: len(x)], inv[len(x) :]
         own = _prepare(thumbs[ids, 0])
         best, shift = _correlate(own, ix, own, iy)
-        which = np.zeros(len(x), np.int8)  # 0 own~own, 1 own~crop, 2 crop~own
-        again = np.flatnonzero(best < RECHECK)
-        if len(again):
-            crop = _prepare(thumbs[ids, 1])
-            for w, (pi, pj) in enumerate(((own, crop), (crop, own)), start=1):
-                sc, sh = _correlate(pi, ix[again], pj, iy[again])
-                better = sc > best[again]
-                best[again[better]], shift[again[better]], which[again[better]] = sc[better], sh[better], w
-        score[s : s + block] = best
+        col = np.full(len(x), np.nan, np.float32)
         sure = np.flatnonzero(best >= min_score)
-        if len(sure):
-            # Thumbnails as rows of (n * 2): image i's own is 2i, its centre crop 2i + 1.
-            ka = 2 * x[sure] + (which[sure] == 2)
-            kb = 2 * y[sure] + (which[sure] == 1)
-            keys, inv = np.unique(np.concatenate([ka, kb]), return_inverse=True)
-            f, fg = _colour_prep(thumbs.reshape(-1, *thumbs.shape[2:])[keys])
-            colour[s + sure] = _colour(f, fg, inv[: len(sure)], inv[len(sure) :], shift[sure])
+        col[sure] = _colour_of(thumbs, x[sure], y[sure], np.zeros(len(sure), np.int8), shift[sure])
+        again = np.flatnonzero((best < RECHECK) | (col > max_colour))
+        if len(again):
+            # Centre crops only of the images in these pairs.
+            need, cinv = np.unique(np.concatenate([x[again], y[again]]), return_inverse=True)
+            crop = _prepare(thumbs[need, 1])
+            cx, cy = cinv[: len(again)], cinv[len(again) :]
+            ok = (best[again] >= min_score) & (col[again] <= max_colour)
+            for w, (pi, i, pj, j) in enumerate(
+                ((own, ix[again], crop, cy), (crop, cx, own, iy[again])), start=1
+            ):
+                sc, sh = _correlate(pi, i, pj, j)
+                c = np.full(len(again), np.nan, np.float32)
+                # Colour only where it can change the choice: below min_score it fails, and
+                # a comparison that correlates no better cannot displace one that passes.
+                passed = np.flatnonzero((sc >= min_score) & (~ok | (sc > best[again])))
+                c[passed] = _colour_of(
+                    thumbs, x[again[passed]], y[again[passed]], np.full(len(passed), w), sh[passed]
+                )
+                good = (sc >= min_score) & (c <= max_colour)
+                # Better: it passes where the best so far does not, or both (or neither) pass
+                # and it correlates higher.
+                better = (good & ~ok) | ((good == ok) & (sc > best[again]))
+                k = again[better]
+                best[k], shift[k], col[k] = sc[better], sh[better], c[better]
+                ok |= good
+        score[s : s + block] = best
+        colour[s : s + block] = col
     return score, colour
 
 
-def _verify_part(a: np.ndarray, b: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
-    return verify_pairs(_JOB["thumbs"], a, b, min_score=min_score)
+def _verify_part(
+    a: np.ndarray, b: np.ndarray, min_score: float, max_colour: float
+) -> tuple[np.ndarray, np.ndarray]:
+    return verify_pairs(_JOB["thumbs"], a, b, min_score=min_score, max_colour=max_colour)
 
 
 # --- grouping ---------------------------------------------------------------------------

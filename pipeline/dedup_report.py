@@ -19,12 +19,8 @@ SHEET_GROUPS = 60  # groups.png shows the largest ones; report.html shows them a
 Rejected = tuple[str, str, int, float, float]  # kept id, other id, distance, score, colour
 
 
-def _is_kept(m: dict) -> bool:
-    return m["kept"] == "true"
-
-
 def _label(m: dict) -> str:
-    return f"{m['id']} keep" if _is_kept(m) else f"{m['id']} d{m['distance']} {m['score']}"
+    return f"{m['id']} keep" if m["kept"] else f"{m['id']} d{m['distance']} {m['score']}"
 
 
 def groups_sheet(raw: Path, by_id: dict, multi: list[list[dict]], path: Path) -> None:
@@ -93,9 +89,9 @@ def report_html(
         parts.append(f"<h3>{e(g[0]['group'])}: {len(g)} images</h3><div class='row'>")
         for m in g:
             caption = (
-                "" if _is_kept(m) else f"{m['match']} d={m['distance']} r={m['score']} c={m['colour_diff']}"
+                "" if m["kept"] else f"{m['match']} d={m['distance']} r={m['score']} c={m['colour_diff']}"
             )
-            parts.append(_card(raw, by_id[m["id"]], caption, _is_kept(m)))
+            parts.append(_card(raw, by_id[m["id"]], caption, m["kept"]))
         parts.append("</div>")
     parts.append(
         f"<h2>Closest rejected pairs ({len(rejected)})</h2><p>Within the hash threshold but not "

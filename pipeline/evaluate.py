@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from pipeline import paths
+from pipeline.contracts import PROCESSED_INDEX
 from pipeline.errors import PipelineError
 from pipeline.images import write_text_atomic
 from pipeline.params import EvaluateParams, Params
 from pipeline.sample import forward, latents, load
 from pipeline.swd import multiscale_swd
-from pipeline.train import load_dataset, pick_device, to_uint8
+from pipeline.tensors import load_dataset, pick_device, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def run(params: Params) -> dict[str, float]:
     real = load_dataset(paths.PROCESSED, resolution)
     if real.shape[0] < 2:
         raise PipelineError(
-            f"{paths.PROCESSED / 'index.csv'}: evaluate needs at least 2 training images for the "
+            f"{PROCESSED_INDEX.path}: evaluate needs at least 2 training images for the "
             f"real-vs-real floor, got {real.shape[0]}"
         )
     gen = torch.Generator(device="cpu").manual_seed(p.seed)

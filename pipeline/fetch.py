@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -31,11 +31,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from tqdm import tqdm
 
-from pipeline.images import ImageError, probe
+from pipeline.errors import DISK_ERRNOS
+from pipeline.images import FILE_MODE, ImageError, probe
+from pipeline.params import DownloadParams
 
 SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
-USER_AGENT = "mario-gan/0.1 (+https://github.com/; image dataset builder)"
+MAX_URL = 16_384  # characters; far beyond any real image URL, well within a CSV cell
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
 
@@ -115,6 +117,8 @@ def store_image(data: bytes, store: Path, min_side: int) -> tuple[str, str, str,
     store.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".fetch.", suffix=".tmp", dir=store)
     try:
+        # mkstemp makes the file 0600; a stored image gets the mode the umask gives any new file.
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -143,10 +147,18 @@ def clean_temp(store: Path) -> int:
 
 
 def check_scheme(url: str) -> None:
-    parts = urlsplit(url)
+    """Refuse what is not a plain http(s) URL with a host, before any connection."""
+    if len(url) > MAX_URL:
+        raise Rejected(f"bad URL: {len(url):,} characters (at most {MAX_URL:,})")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:  # "Invalid IPv6 URL", a bad port, ...
+        raise Rejected(f"bad URL: {_short(exc)}") from None
     if parts.scheme.lower() not in SCHEMES:
         raise Rejected(f"scheme '{parts.scheme or '(none)'}' refused: only http and https")
-    if not parts.hostname:
+    if not host:
         raise Rejected("no host in URL")
 
 
@@ -157,16 +169,18 @@ class Fetcher:
         self,
         store: Path,
         *,
-        workers: int = 16,
-        per_host: int = 4,
-        timeout: float = 30.0,
-        retries: int = 3,
+        workers: int,
+        per_host: int,
+        timeout: float,
+        retries: int,
+        max_bytes: int,
+        min_side: int,
+        ca_bundle: str,
         backoff: float = 1.0,
-        max_bytes: int = 20_000_000,
-        min_side: int = 64,
-        ca_bundle: str = "",
+        user_agent: str,
     ) -> None:
         self.store = Path(store)
+        self.user_agent = user_agent
         self.workers = workers
         self.per_host = per_host
         self.timeout = timeout
@@ -180,11 +194,27 @@ class Fetcher:
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
 
+    @classmethod
+    def from_params(cls, store: Path, p: DownloadParams, backoff: float = 1.0) -> Fetcher:
+        """A fetcher with the limits of params.yaml's `download:` section (its only defaults)."""
+        return cls(
+            store,
+            workers=p.workers,
+            per_host=p.per_host,
+            timeout=p.timeout,
+            retries=p.retries,
+            max_bytes=p.max_bytes,
+            min_side=p.min_side,
+            ca_bundle=p.ca_bundle,
+            backoff=backoff,
+            user_agent=p.user_agent,
+        )
+
     def _session(self) -> requests.Session:
         # One session per thread: requests.Session is not guaranteed thread-safe.
         if not hasattr(self._local, "session"):
             s = requests.Session()
-            s.headers["User-Agent"] = USER_AGENT
+            s.headers["User-Agent"] = self.user_agent
             self._local.session = s
         return self._local.session
 
@@ -220,11 +250,15 @@ class Fetcher:
                     raise Transient(f"timeout: no answer within {self.timeout:g} s") from None
                 except requests.exceptions.ConnectionError as exc:
                     raise Transient(f"connection failed: {_short(exc)}") from None
-                except requests.exceptions.RequestException as exc:
+                except (requests.exceptions.RequestException, ValueError, UnicodeError) as exc:
+                    # urllib3's LocationParseError is a ValueError; an over-long host label a UnicodeError.
                     raise Rejected(f"bad URL: {_short(exc)}") from None
                 with resp:
                     if resp.is_redirect:
-                        url = urljoin(url, resp.headers["location"])
+                        try:
+                            url = urljoin(url, resp.headers["location"])
+                        except ValueError as exc:
+                            raise Rejected(f"bad redirect: {_short(exc)}") from None
                         continue
                     if resp.status_code >= 500:
                         raise Transient(f"HTTP {resp.status_code}")
@@ -263,6 +297,15 @@ class Fetcher:
                     return Outcome(task.url, False, str(exc), retry=True, fetched_at=now())
                 time.sleep(self.backoff * 2**attempt)
                 continue
+            except OSError as exc:  # our own disk full or read-only: stop the run (one line, in __main__)
+                if exc.errno in DISK_ERRNOS:
+                    raise
+                return Outcome(task.url, False, f"failed: {_short(exc)}", retry=True, fetched_at=now())
+            except Exception as exc:  # one odd URL must never stop the others
+                # Anything a library raises for a URL we did not foresee: refused, with what it said.
+                return Outcome(
+                    task.url, False, f"bad URL: {type(exc).__name__}: {_short(exc)}", fetched_at=now()
+                )
             return Outcome(task.url, True, "", False, name, sha, len(data), w, h, fmt, final, now())
         raise AssertionError("unreachable")
 
@@ -292,7 +335,7 @@ class Log:
     def __enter__(self) -> Log:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a+", encoding="utf-8", newline="")
+        self._fh = open(self.path, "a+", encoding="utf-8", errors="backslashreplace", newline="")
         if not new:
             # A run killed mid-line leaves no newline: start on a fresh line.
             self._fh.seek(self._fh.tell() - 1)
@@ -304,6 +347,8 @@ class Log:
         return self
 
     def write(self, outcome: Outcome) -> None:
+        if len(outcome.url) > MAX_URL:
+            return  # refused again in no time; kept out so every line stays readable as CSV
         self._writer.writerow(asdict(outcome))
         self._fh.flush()
 
@@ -319,8 +364,8 @@ def read_log(store: Path) -> dict[str, Outcome]:
     done: dict[str, Outcome] = {}
     if not path.exists():
         return done
-    with open(path, encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        for row in _rows(csv.DictReader(fh)):
             if any(row.get(k) is None for k in LOG_FIELDS) or row["ok"] not in ("True", "False"):
                 continue  # a line torn by a kill
             try:
@@ -349,6 +394,18 @@ def read_log(store: Path) -> dict[str, Outcome]:
     return done
 
 
+def _rows(reader: csv.DictReader) -> Iterator[dict[str, str]]:
+    """The reader's rows, skipping any it cannot parse (an over-long cell): one bad line
+    must not stop a run, since its URL is simply fetched again."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            continue
+
+
 def unique(tasks: Iterable[Task]) -> list[Task]:
     """Drop repeated URLs, keeping the first (its query and page)."""
     seen: set[str] = set()
@@ -358,6 +415,11 @@ def unique(tasks: Iterable[Task]) -> list[Task]:
             seen.add(t.url)
             out.append(t)
     return out
+
+
+def shown(url: str) -> str:
+    """The URL as reports record it: cut when over MAX_URL, so every report stays readable CSV."""
+    return url if len(url) <= MAX_URL else f"{url[:200]}... ({len(url):,} characters)"
 
 
 def _short(exc: BaseException) -> str:

@@ -39,18 +39,17 @@ def main(args: argparse.Namespace) -> list[Path]:
     if args.truncation is not None and not args.truncation > 0:
         raise PipelineError(f"generate --truncation: must be above 0 (try 1.5), got {args.truncation}")
 
-    from pipeline.images import save_image_atomic
     from pipeline.sample import generate
-    from pipeline.train import to_image
+    from pipeline.tensors import save_grid
 
     images = generate(args.model, args.n, args.seed, args.device, args.which, args.truncation)
     written = []
     for i, x in enumerate(images):
         path = args.out / f"{i:03d}.png"
-        save_image_atomic(to_image(x[None], nrow=1), path)
+        save_grid(x[None], path)
         written.append(path)
     grid = args.out / "grid.png"
-    save_image_atomic(to_image(images, nrow=args.nrow), grid)
+    save_grid(images, grid, nrow=args.nrow)
     written.append(grid)
     print(f"wrote {args.n} images and {grid}")
     return written

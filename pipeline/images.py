@@ -52,6 +52,7 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's 0600 is changed to this
 Box = tuple[float, float, float, float]
 
 # Keep at least this many times the final size before the last Lanczos pass.
@@ -100,8 +101,10 @@ def atomic_open(path: str | Path, mode: str = "wb", *, durable: bool = True, **k
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk fails in write() or fsync(), which name no file
         raise
 
 
@@ -116,11 +119,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_csv_atomic(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict]) -> None:
+    # With "\n" as its terminator, csv leaves a lone "\r" in a value unquoted and every reader splits
+    # the row there; with "\r\n" it quotes it. Each line is written with "\r\n" and ends in "\n".
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\r\n")
+
+    def line() -> str:
+        text = buf.getvalue()[:-2] + "\n"
+        buf.seek(0)
+        buf.truncate()
+        return text
+
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(fieldnames), lineterminator="\n")
         writer.writeheader()
+        fh.write(line())
         for row in rows:
             writer.writerow(row)
+            fh.write(line())
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

@@ -12,15 +12,22 @@ Outputs (in data/processed/):
   <id>.png                    resize.size x resize.size RGB
   index.csv                   id, file, upright source size, format and colour mode, mode, size
   skipped.csv                 accepted images that could not be used, with the reason
+  ATTRIBUTION.csv             per training image: where it came from and its licence, creator
+                              and credit line as the search engine gave them (data/raw/index.csv)
   contact_sheet.png           every training image with its id: look before training
   contact_sheet_<n>.png       further pages when there are more than PAGE images
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -28,8 +35,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import paths
-from pipeline.errors import PipelineError
+from pipeline import contracts, paths
 from pipeline.images import (
     RGB,
     Box,
@@ -38,23 +44,11 @@ from pipeline.images import (
     decode,
     read_csv,
     save_image_atomic,
-    write_csv_atomic,
 )
 from pipeline.params import Params, ResizeParams, parse_color
 
 log = logging.getLogger(__name__)
 
-INDEX_FIELDS = [
-    "id",
-    "file",
-    "source_width",
-    "source_height",
-    "source_format",
-    "source_mode",
-    "mode",
-    "size",
-]
-SKIPPED_FIELDS = ["id", "file", "reason"]
 FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
@@ -139,11 +133,42 @@ def _run_jobs(
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_job, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         # One future per image, not chunks: sizes vary 100x, chunks would leave a core idle.
         futures = [pool.submit(_job, j) for j in jobs]
-        for f in as_completed(futures):
-            yield f.result()
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        except BaseException:
+            # A full or read-only disk fails every image the same way: stop at the first.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker start-up: end with the stage, even when it is killed with kill -9.
+
+    Otherwise the workers of a killed stage live on, orphaned, holding memory.
+    On Linux the kernel sends SIGKILL when the parent dies; elsewhere a thread
+    polls for the parent.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(1)
 
 
 def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title: str) -> list[Path]:
@@ -151,7 +176,8 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     pages = max(1, math.ceil(len(items) / PAGE))
     written = []
     for n in range(pages):
-        name = "contact_sheet.png" if n == 0 else f"contact_sheet_{n + 1}.png"
+        sheet = contracts.CONTACT_SHEET
+        name = sheet.name if n == 0 else f"{sheet.stem}_{n + 1}{sheet.suffix}"
         chunk = items[n * PAGE : (n + 1) * PAGE]
         page_title = f"{title} - page {n + 1}/{pages}" if pages > 1 else title
         save_image_atomic(contact_sheet(chunk, thumb=THUMB, title=page_title), out / name)
@@ -159,14 +185,15 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     return written
 
 
+def _credit(row: dict) -> dict:
+    return {k: row.get(k) or "" for k in contracts.PROCESSED_ATTRIBUTION.fields}
+
+
 def run(params: Params) -> list[dict]:
     """Resize the accepted images in parallel and write the index, skip list and contact sheets."""
     p = params.resize
     raw, out = paths.RAW, paths.PROCESSED
-    accepted_csv = paths.CURATED / "accepted.csv"
-    if not accepted_csv.exists():
-        raise PipelineError(f"{accepted_csv}: not found; run `dvc repro curate` first")
-    accepted = read_csv(accepted_csv)
+    accepted = contracts.CURATED_ACCEPTED.read()
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(r["id"], str(raw / r["file"]), str(out / f"{r['id']}.png"), p) for r in accepted]
     files = {r["id"]: r["file"] for r in accepted}
@@ -190,8 +217,12 @@ def run(params: Params) -> list[dict]:
     for f in out.glob("*.png"):
         if f.name not in keep:
             f.unlink()
-    write_csv_atomic(out / "index.csv", INDEX_FIELDS, rows)
-    write_csv_atomic(out / "skipped.csv", SKIPPED_FIELDS, skipped)
+    contracts.PROCESSED_INDEX.write(rows)
+    contracts.PROCESSED_SKIPPED.write(skipped)
+    index_csv = contracts.RAW_INDEX.path  # read as text: credits are copied, not checked
+    raw_index = {r["id"]: r for r in read_csv(index_csv)} if index_csv.exists() else {}
+    credits = [raw_index.get(r["id"], {}) | {"id": r["id"], "file": r["file"]} for r in rows]
+    contracts.PROCESSED_ATTRIBUTION.write([_credit(c) for c in credits])
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"
     sheets = write_contact_sheets(out, [(thumbs[r["id"]], r["id"]) for r in rows], title)
     log.info(

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 import webbrowser
@@ -38,6 +39,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from pipeline import curate, paths
+from pipeline.contracts import DEDUP_CANDIDATES, DEDUP_GROUPS, RAW_INDEX
 from pipeline.curate import Manifest, ManifestError, read_groups, read_manifest, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.images import ImageError, load_rgb, read_csv, save_image_atomic
@@ -56,12 +58,20 @@ class Conflict(Exception):
     """The manifest on disk disagrees with what the page is about to do."""
 
 
+class Unsaved(Exception):
+    """The manifest could not be written (read-only or full folder, lock held too long)."""
+
+
+class Unreadable(Exception):
+    """An image's file cannot be shown; the message says why."""
+
+
 class Catalog:
     """What the page shows: candidates, their files and their duplicate groups (read once)."""
 
     def __init__(self, root: Path) -> None:
-        cand_path = root / paths.DEDUP / "candidates.csv"
-        index_path = root / paths.RAW / "index.csv"
+        cand_path = root / DEDUP_CANDIDATES.path
+        index_path = root / RAW_INDEX.path
         for p in (cand_path, index_path):
             if not p.exists():
                 raise PipelineError(f"{p.relative_to(root)}: not found; run `dvc repro dedup` first")
@@ -70,7 +80,7 @@ class Catalog:
         self.index = {r["id"]: r for r in read_csv(index_path)}
         self.candidates = [r for r in read_csv(cand_path) if r["id"] in self.index]
         self.ids = [r["id"] for r in self.candidates]
-        groups_path = root / paths.DEDUP / "groups.csv"
+        groups_path = root / DEDUP_GROUPS.path
         self.groups = read_groups(groups_path)
         self.members: dict[str, list[dict[str, str]]] = {}
         if groups_path.exists():
@@ -78,41 +88,84 @@ class Catalog:
                 if r["group"] != r["id"]:
                     self.members.setdefault(r["group"], []).append(r)
 
-    def file(self, image_id: str) -> Path | None:
-        """The raw file of a known id, only if it lies inside data/raw."""
+    def locate(self, image_id: str) -> tuple[Path | None, str]:
+        """(the raw file of a known id, "") or (None, why it cannot be read).
+
+        The index must name a file directly inside data/raw. That entry may be a
+        link: with DVC's cache.type symlink (or hardlink, reflink, copy) every
+        file of data/raw is one, pointing into DVC's cache, so links are
+        followed from there, wherever the cache lives.
+        """
         row = self.index.get(image_id)
         if row is None:
-            return None
-        path = (self.raw / row["file"]).resolve()
-        if not path.is_relative_to(self.raw) or not path.is_file():
-            return None
-        return path
+            return None, "unknown image id"
+        name = row.get("file") or ""
+        if not name or Path(name).name != name or name in (".", ".."):
+            return None, f"index.csv names {name!r}, not a file in {paths.RAW}"
+        path = self.raw / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None, "file not found" + (" (a broken link)" if path.is_symlink() else "")
+        except OSError as exc:  # ELOOP for a symlink loop, EACCES, ...
+            return None, f"cannot read: {exc.strerror or exc}"
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        return path, ""
+
+    def file(self, image_id: str) -> Path | None:
+        """The raw file of a known id, only if it is a readable file named in data/raw."""
+        return self.locate(image_id)[0]
 
     def describe(self, image_id: str) -> dict[str, Any]:
+        """What the page shows of one image; raises Unreadable when its file is not usable."""
         row = self.index[image_id]
-        path = self.file(image_id)
+        path, why = self.locate(image_id)
+        if path is None:
+            raise Unreadable(why)
         return {
             "id": image_id,
             "width": int(row.get("width") or 0),
             "height": int(row.get("height") or 0),
             "format": row.get("format", ""),
-            "bytes": path.stat().st_size if path else 0,
+            "bytes": path.stat().st_size,
             "source": row.get("source", ""),
             "origin": row.get("origin", ""),
             "page_url": row.get("page_url", ""),
+            # What the search engine said (only openverse knows licences); "" when absent.
+            **{k: row.get(k) or "" for k in ("title", "license", "license_version", "license_url")},
+            **{k: row.get(k) or "" for k in ("creator", "attribution")},
         }
 
-    def items(self) -> list[dict[str, Any]]:
-        out = []
+    def items(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """(every candidate the page can show, [{id, reason}] of those it cannot).
+
+        One unreadable file (a symlink loop, a vanished file) skips that image,
+        never the list.
+        """
+        out, skipped = [], []
         for image_id in self.ids:
-            item = self.describe(image_id)
-            item["members"] = [
-                self.describe(m["id"]) | {"distance": m.get("distance", ""), "match": m.get("match", "")}
-                for m in sorted(self.members.get(image_id, []), key=lambda m: m["id"])
-                if m["id"] in self.index
-            ]
+            try:
+                item = self.describe(image_id)
+            except (Unreadable, OSError, ValueError) as exc:
+                skipped.append({"id": image_id, "reason": str(exc)})
+                continue
+            item["members"] = []
+            for m in sorted(self.members.get(image_id, []), key=lambda m: m["id"]):
+                if m["id"] not in self.index:
+                    continue
+                try:
+                    member = self.describe(m["id"])
+                except (Unreadable, OSError, ValueError) as exc:
+                    skipped.append({"id": m["id"], "reason": str(exc)})
+                    continue
+                item["members"].append(
+                    member | {"distance": m.get("distance", ""), "match": m.get("match", "")}
+                )
             out.append(item)
-        return out
+        for s in skipped:
+            log.warning("review: %s not shown: %s", s["id"], s["reason"])
+        return out, skipped
 
     def _cached(self, image_id: str, kind: str, path: Path) -> Path:
         row = self.index[image_id]
@@ -122,9 +175,9 @@ class Catalog:
 
     def thumbnail(self, image_id: str) -> Path:
         """The cached thumbnail, made on first use; raises ImageError if unreadable."""
-        path = self.file(image_id)
+        path, why = self.locate(image_id)
         if path is None:
-            raise ImageError(image_id, "file not found")
+            raise ImageError(image_id, why)
         out = self._cached(image_id, "thumb", path)
         if not out.exists():
             img = load_rgb(path)
@@ -134,9 +187,9 @@ class Catalog:
 
     def preview(self, image_id: str) -> tuple[Path, str]:
         """The full image: the file itself if browsers show its format, else a cached PNG."""
-        path = self.file(image_id)
+        path, why = self.locate(image_id)
         if path is None:
-            raise ImageError(image_id, "file not found")
+            raise ImageError(image_id, why)
         media = WEB_FORMATS.get(self.index[image_id].get("format", "").upper())
         if media:
             return path, media
@@ -217,6 +270,16 @@ class Decisions:
 
         Returns each id's row decision before (None: no row), and the ids changed outside.
         """
+        # The lock file keeps `curate accept|reject` (and other pages) out between our read and write.
+        try:
+            with curate.locked(self.path):
+                return self._merge_and_write(new, expect, note, drop)
+        except ManifestError as exc:  # not a parse error (_read turns those into Conflict)
+            raise Unsaved(f"{exc}. The decision was not saved.") from None
+
+    def _merge_and_write(
+        self, new: dict[str, str], expect: dict[str, str], note: str | None, drop: list[str] | None
+    ) -> tuple[dict[str, str | None], list[str]]:
         disk = self._read()
         outside = _changed(self.base, disk)
         clash = [i for i in new if disk.decision(i) not in (expect[i], new[i])]
@@ -323,7 +386,8 @@ def create_app(root: Path, port: int, warm: bool = False) -> FastAPI:
 
     @app.get("/api/items")
     def items() -> JSONResponse:
-        return JSONResponse({"items": catalog.items(), "manifest": str(paths.MANIFEST)})
+        shown, skipped = catalog.items()
+        return JSONResponse({"items": shown, "skipped": skipped, "manifest": str(paths.MANIFEST)})
 
     @app.get("/api/state")
     def state() -> JSONResponse:
@@ -333,15 +397,31 @@ def create_app(root: Path, port: int, warm: bool = False) -> FastAPI:
             return reply({"error": str(exc)})
         return reply(merged_note(changed))
 
+    known = set(catalog.ids) | set(catalog.groups)
+
     @app.post("/api/decide")
     def decide(body: DecideBody) -> JSONResponse:
-        unknown = [i for i in body.ids if i not in catalog.groups and i not in catalog.ids]
+        if len(body.ids) > len(known):
+            # More ids than images can only repeat or invent ids; refuse before any work.
+            return JSONResponse(
+                {"error": f"{len(body.ids):,} ids in one request, but there are only {len(known):,} images"},
+                413,
+            )
+        unknown = [i for i in body.ids if i not in known]
         if unknown:
             return JSONResponse({"error": f"unknown image id {unknown[0]}"}, 404)
+        note = body.note
+        if note is not None:
+            try:
+                note = curate.check_note(note)
+            except ManifestError as exc:
+                return JSONResponse({"error": str(exc)}, 422)
         try:
-            changed = decisions.decide(body.ids, body.decision, body.note)
+            changed = decisions.decide(body.ids, body.decision, note)
         except Conflict as exc:
             return conflict(exc)
+        except Unsaved as exc:
+            return reply({"error": str(exc)}, 503)
         return reply(merged_note(changed))
 
     @app.post("/api/undo")
@@ -350,6 +430,8 @@ def create_app(root: Path, port: int, warm: bool = False) -> FastAPI:
             reverted, changed = decisions.undo()
         except Conflict as exc:
             return conflict(exc)
+        except Unsaved as exc:
+            return reply({"error": str(exc)}, 503)
         return reply({"reverted": reverted} | merged_note(changed))
 
     @app.get("/img/{image_id}/{kind}")

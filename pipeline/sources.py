@@ -1,33 +1,39 @@
-"""Where image URLs come from: google, bing and urls find URLs; folder finds local files.
+"""Where image URLs come from: search engines and urls find URLs; folder finds local files.
 
 Search engines are used for discovery only. Every URL they return is fetched
 by pipeline/fetch.py, so all sources share one set of checks.
 
 - google: google-images-download 3.x drives headless Chrome/Chromium through
   chromedriver. It prints instead of raising and calls sys.exit() when the
-  browser can't start; `google()` turns that into one PipelineError.
-- bing: icrawler's BingImageCrawler feeder and parser; its downloader is
-  replaced by one that only collects the URLs.
+  browser can't start; `google()` turns that into one PipelineError. Google
+  often shows a headless browser its consent page or its "unusual traffic"
+  CAPTCHA instead of results; each is recognised and stops google with one line.
+- bing, ddg, openverse: one module each (pipeline/bing.py, ddg.py,
+  openverse.py), paged by pipeline/search.py.
 - urls: a text file (URL and optional page URL per line) or a CSV.
 - folder: image files under a directory tree.
+
+`check()` asks each engine for one page, for `python -m pipeline sources check`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import html
 import io
-import json
 import logging
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from pipeline import bing, ddg, openverse
 from pipeline.errors import PipelineError
 from pipeline.fetch import Task
 from pipeline.images import IMAGE_SUFFIXES
-from pipeline.params import DownloadParams
+from pipeline.params import ENGINES, DownloadParams
+from pipeline.search import EngineError, Hit, Page, collect
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def _install_hint(p: DownloadParams) -> str:
 
 @contextlib.contextmanager
 def _chrome_options(binary: str):
-    """Make the library's `Options()` carry our flags and browser path.
+    """Make the library's `Options()` carry our flags and browser path, and never leave a browser running.
 
     google-images-download builds its own selenium Options inside
     download_extended_page(); it imports the class at call time, so swapping
@@ -83,10 +89,60 @@ def _chrome_options(binary: str):
                 self.binary_location = binary
 
     mod.Options = Options
+    # The library quits its browser only when the page loaded; remember each one to quit it otherwise.
+    import selenium.webdriver as webdriver
+
+    chrome = webdriver.Chrome
+    started = []
+
+    class Chrome(chrome):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    webdriver.Chrome = Chrome
     try:
         yield
     finally:
         mod.Options = base
+        webdriver.Chrome = chrome
+        for browser in started:
+            with contextlib.suppress(Exception):  # already quit by the library: nothing to do
+                browser.quit()
+
+
+# What Google serves a browser it does not trust, instead of results (observed
+# 2024-2026): the EU cookie consent interstitial on consent.google.com, and
+# the /sorry/ page with a reCAPTCHA and the words "unusual traffic".
+# Markers of the pages themselves (their form and wording), not mere links to them, which a
+# results page may carry.
+CONSENT_MARKERS = ("consent.google.com/save", "<title>before you continue to google")
+CAPTCHA_MARKERS = ("unusual traffic from your computer network", 'id="captcha-form"')
+USE_INSTEAD = "use download.source bing, ddg or openverse instead"
+
+
+def google_blocked(page: str) -> str:
+    """One line saying how Google blocked the browser, or "" when `page` is not a block page."""
+    low = page.lower()
+    if any(m in low for m in CAPTCHA_MARKERS):
+        return (
+            'google: blocked: Google answered the headless browser with its "unusual traffic" CAPTCHA page, '
+            f"not results; {USE_INSTEAD}"
+        )
+    if any(m in low for m in CONSENT_MARKERS):
+        return (
+            "google: blocked: Google showed the headless browser its cookie consent page "
+            f'("Before you continue"), not results; {USE_INSTEAD}'
+        )
+    return ""
+
+
+def load_error(page: str) -> str:
+    """Chromium's own error code when it showed its network error page instead of the URL; else ""."""
+    if 'class="neterror"' not in page:
+        return ""
+    code = re.search(r'"errorCode":"(\w+)"', page)  # Chromium's loadTimeData for the page
+    return f"net::{code.group(1)}" if code else "a network error"
 
 
 def _google_class():
@@ -107,6 +163,24 @@ def _google_class():
                 search_term, params, url, similar_images, specific_site, safe_search
             )
 
+        def download_extended_page(self, url, chromedriver):
+            from selenium.common.exceptions import WebDriverException
+
+            try:
+                page = super().download_extended_page(url, chromedriver)
+            except WebDriverException as exc:
+                why = (exc.msg or type(exc).__name__).splitlines()[0].removeprefix("unknown error: ")
+                raise EngineError(
+                    f"google: the browser could not load the results page ({why[:160]})"
+                ) from None
+            failed = load_error(page or "")
+            if failed:
+                raise EngineError(f"google: the browser could not load the results page ({failed})")
+            blocked = google_blocked(page or "")
+            if blocked:
+                raise EngineError(blocked)
+            return page
+
         def _get_all_items(self, page, main_directory, dir_name, limit, arguments):
             items, errors, paths = super()._get_all_items(page, main_directory, dir_name, limit, arguments)
             self.items.extend(items)
@@ -115,7 +189,7 @@ def _google_class():
     return Search
 
 
-def google(query: str, p: DownloadParams) -> list[Task]:
+def google(query: str, p: DownloadParams) -> list[Hit]:
     """Image URLs (with their page URLs) for one query, from google-images-download."""
     driver = Path(p.chromedriver)
     if not (driver.is_file() and os.access(driver, os.X_OK)):
@@ -127,7 +201,7 @@ def google(query: str, p: DownloadParams) -> list[Task]:
         raise PipelineError(
             f"params.yaml: download.queries: {query!r} has a comma; list each search separately"
         )
-    search = _google_class()(p.search_url)
+    search = _google_class()(p.engine_url("google"))
     args = {
         "keywords": query,
         "limit": p.limit,
@@ -152,7 +226,13 @@ def google(query: str, p: DownloadParams) -> list[Task]:
             if line.strip():
                 log.debug("google-images-download: %s", line)
     tasks = [
-        Task(it["image_link"], it.get("image_source") or "", query, "google")
+        Hit(
+            it["image_link"],
+            it.get("image_source") or "",
+            query,
+            "google",
+            title=it.get("image_description") or "",
+        )
         for it in search.items
         if it.get("image_link")
     ]
@@ -164,101 +244,55 @@ def google(query: str, p: DownloadParams) -> list[Task]:
     return tasks
 
 
-# --- bing -------------------------------------------------------------------
+# --- engines --------------------------------------------------------------
 
 
-def bing(query: str, p: DownloadParams) -> list[Task]:
-    """Image URLs for one query from icrawler's Bing feeder and parser."""
-    from icrawler import Crawler, Downloader
-    from icrawler.builtin.bing import BingFeeder, BingParser
-    from icrawler.storage import BaseStorage
-
-    template = p.search_url
-
-    class Feeder(BingFeeder):
-        def feed(self, keyword, offset, max_num, filters=None):
-            if not template:
-                return super().feed(keyword, offset, max_num, filters)
-            for first in range(offset, offset + max_num, 20):
-                self.out_queue.put(template.format(query=quote(keyword), offset=first))
-
-    class Parser(BingParser):
-        def parse(self, response):
-            # Keep the page each image is on; icrawler's parser yields the image URL only.
-            pages = _bing_pages(response.content)
-            for task in super().parse(response):
-                url = task["file_url"]
-                task["page_url"] = next((pg for img, pg in pages if img.startswith(url)), "")
-                yield task
-
-    class Collect(Downloader):
-        def __init__(self, thread_num, signal, session, storage, sink):
-            super().__init__(thread_num, signal, session, storage)
-            self.sink = sink
-
-        def download(self, task, default_ext, timeout=5, max_retry=3, overwrite=False, **kwargs):
-            with self.lock:
-                if self.fetched_num >= self.max_num:
-                    self.signal.set(reach_max_num=True)
-                    return False
-                self.sink.append(task)
-                self.fetched_num += 1
-                if self.fetched_num >= self.max_num:
-                    self.signal.set(reach_max_num=True)
-            return True
-
-    class NoStorage(BaseStorage):
-        def write(self, id, data):
-            raise AssertionError("bing is for URL discovery only")
-
-        def exists(self, id):
-            return False
-
-        def max_file_idx(self):
-            return 0
-
-    found: list[dict] = []
-    quiet = [logging.getLogger(n) for n in ("feeder", "parser", "downloader", "icrawler.crawler")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        crawler = Crawler(
-            feeder_cls=Feeder,
-            parser_cls=Parser,
-            downloader_cls=Collect,
-            storage=NoStorage(),
-            extra_downloader_args={"sink": found},
-        )
-        crawler.crawl(
-            feeder_kwargs={"keyword": query, "offset": 0, "max_num": p.limit},
-            parser_kwargs={"queue_timeout": 1, "req_timeout": p.timeout},
-            downloader_kwargs={"max_num": p.limit, "queue_timeout": 1},
-        )
-    finally:
-        for lg, level in zip(quiet, levels, strict=True):
-            lg.setLevel(level)
-    tasks = [Task(t["file_url"], t.get("page_url", ""), query, "bing") for t in found]
-    if not tasks:
-        log.warning("%s (no results page could be read, or it listed no images)", zero_results("bing", query))
-    return tasks
+def pages(engine: str, query: str, p: DownloadParams) -> Iterator[Page]:
+    """Results pages of one query from bing, ddg or openverse (each in its own module)."""
+    return {"bing": bing, "ddg": ddg, "openverse": openverse}[engine].pages(query, p)
 
 
-def _bing_pages(content: bytes) -> list[tuple[str, str]]:
-    """(image URL, page URL) pairs from the `m` metadata of a Bing results page."""
-    from bs4 import BeautifulSoup
+def find(engine: str, query: str, p: DownloadParams) -> list[Hit]:
+    """Up to download.limit image URLs for one query from one engine; EngineError if it is unusable."""
+    if engine == "google":
+        return google(query, p)
+    hits = collect(engine, pages(engine, query, p), p.limit)
+    if not hits:
+        log.warning("%s (the engine listed no images for it)", zero_results(engine, query))
+    return hits
 
-    pairs = []
-    soup = BeautifulSoup(content.decode("utf-8", "ignore"), "lxml")
-    for div in soup.find_all("div", class_="imgpt"):
-        a = div.find("a")
+
+def check(p: DownloadParams, query: str) -> list[dict]:
+    """Ask each configured engine (all four if none is) for one page: what a person with internet sees."""
+    engines = [s for s in p.sources if s in ENGINES] or list(ENGINES)
+    rows = []
+    for engine in engines:
+        row = {"engine": engine, "status": "", "results": 0, "first URL or reason": ""}
         try:
-            meta = json.loads(html.unescape(a["m"]))
-        except (TypeError, KeyError, ValueError):
-            continue
-        if isinstance(meta, dict) and meta.get("murl"):
-            pairs.append((str(meta["murl"]), str(meta.get("purl") or "")))
-    return pairs
+            if engine == "google":
+                hits, row["status"] = google(query, p), "(browser)"
+            else:
+                page = next(pages(engine, query, p), Page(0))
+                hits, row["status"] = page.hits, page.status
+        except EngineError as exc:
+            row["status"] = exc.status or "-"
+            row["first URL or reason"] = str(exc).removeprefix("download: ")
+        except PipelineError as exc:
+            row["first URL or reason"] = str(exc).removeprefix("download: ")
+        else:
+            row["results"] = len(hits)
+            row["first URL or reason"] = hits[0].url if hits else "no results parsed from the answer"
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = list(rows[0]) if rows else []
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    widths[cols[-1]] = 0  # the last column runs on
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols).rstrip()]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip() for r in rows]
+    return "\n".join(lines)
 
 
 # --- urls -------------------------------------------------------------------
@@ -306,6 +340,17 @@ def urls(p: DownloadParams) -> list[Task]:
 # --- folder -----------------------------------------------------------------
 
 
+def printable(path: Path) -> str:
+    """The path as text that can be written to a UTF-8 file.
+
+    os.walk gives a file name that is not valid UTF-8 as a str with surrogate
+    escapes, which no UTF-8 writer accepts; its undecodable bytes are shown as
+    backslash escapes instead (b"caf\\xe9.jpg" -> "caf\\xe9.jpg"). The file itself is
+    read through the original path, and stored under its content hash.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def folder(p: DownloadParams) -> list[Path]:
     """Image files (by extension) under download.folder, in a stable order; hidden ones skipped."""
     root = Path(p.folder)
@@ -320,6 +365,8 @@ def folder(p: DownloadParams) -> list[Path]:
             path = Path(dirpath) / name
             if not name.startswith(".") and path.suffix.lower() in FOLDER_SUFFIXES and path.is_file():
                 found.append(path)
+                if printable(path) != str(path):
+                    log.warning("folder: %s: file name is not UTF-8; recorded as shown", printable(path))
     if not found:
         raise PipelineError(
             f"params.yaml: download.folder: no image files under {root} "

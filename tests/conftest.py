@@ -94,3 +94,13 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run a test with the working directory in an empty temp folder."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`live` tests reach the real internet: they run only when asked for with `-m live`."""
+    if "live" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="asks the real search engines; run with `pytest -m live` (needs internet)")
+    for item in items:
+        if "live" in item.keywords:
+            item.add_marker(skip)

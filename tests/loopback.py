@@ -74,6 +74,10 @@ class Routes:
         self.files["/tiny.png"] = (image_bytes("PNG", (16, 16)), "image/png")
         self.files["/bomb.png"] = (bomb_png(), "image/png")
         self.files["/huge.jpg"] = (b"\xff\xd8" + b"\0" * 300_000, "image/jpeg")
+        # path -> answer(handler) returning (status, body, content type, headers): pages that
+        # depend on the query string or the request headers (search engines' results).
+        self.pages: dict = {}
+        self.requests: list = []  # (path with query, headers) of every request, in order
 
     def add(self, path: str, data: bytes, ctype: str = "image/png") -> str:
         self.files[path] = (data, ctype)
@@ -105,13 +109,21 @@ def _handler(routes: Routes) -> type[BaseHTTPRequestHandler]:
                 with routes.lock:
                     routes.inflight -= 1
 
+        def do_POST(self) -> None:
+            self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
+
         def _get(self) -> None:
             path = self.path.split("?", 1)[0]
             with routes.lock:
                 routes.hits[self.path] += 1
                 hits = routes.hits[self.path]
+                routes.requests.append((self.path, dict(self.headers)))
             if routes.delay:
                 time.sleep(routes.delay)
+            if path in routes.pages:
+                code, body, ctype, headers = routes.pages[path](self)
+                return self._send(code, body, ctype, headers)
             if path.startswith("/flaky/"):  # 500 first, then the image
                 if hits == 1:
                     return self._send(500, b"try later")

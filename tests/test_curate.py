@@ -8,7 +8,7 @@ from pipeline.__main__ import main
 from pipeline.curate import Manifest, ManifestError, parse_manifest, read_manifest, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.params import params_from_dict
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_params
 
 
 def test_spreadsheet_style_file_is_read():
@@ -45,7 +45,7 @@ def test_write_is_sorted_and_keeps_extra_columns(tmp_path):
 
 @pytest.fixture
 def with_candidates(in_tmp):
-    (in_tmp / "params.yaml").write_text("download:\n  count: 20\n")
+    write_params(in_tmp, {"download": {"count": 20}})
     params = params_from_dict({"download": {"count": 20}})
     download.run(params)
     dedup.run(params)

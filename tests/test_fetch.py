@@ -10,11 +10,10 @@ import sys
 import time
 
 import pytest
-import yaml
 from PIL import Image
 
 from pipeline.fetch import Fetcher, Log, Task, read_log
-from tests.conftest import ROOT, env
+from tests.conftest import ROOT, env, write_params
 from tests.loopback import FORMATS, Routes, Server, image_bytes, make_tls
 
 
@@ -25,7 +24,17 @@ def server():
 
 
 def fetcher(tmp_path, **kw) -> Fetcher:
-    opts = dict(timeout=1.0, retries=2, backoff=0.01, max_bytes=200_000, min_side=32)
+    opts = dict(
+        workers=16,
+        per_host=4,
+        timeout=1.0,
+        retries=2,
+        backoff=0.01,
+        max_bytes=200_000,
+        min_side=32,
+        ca_bundle="",
+        user_agent="mario-gan-test",
+    )
     return Fetcher(tmp_path / "store", **(opts | kw))
 
 
@@ -160,7 +169,7 @@ def test_kill_9_mid_run_leaves_no_partial_file_and_next_run_completes(tmp_path):
     with Server(routes) as s:
         (tmp_path / "urls.txt").write_text("".join(s.url(p) + "\n" for p in paths))
         params = {"download": {"source": "urls", "urls_file": "urls.txt", "workers": 2, "per_host": 2}}
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        write_params(tmp_path, params)
         cmd = [sys.executable, "-m", "pipeline", "download"]
         e = env() | {"PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(

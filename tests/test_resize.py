@@ -101,6 +101,7 @@ def test_stage_writes_rgb_squares_index_skip_list_and_contact_sheet(in_tmp, mode
     assert sheet.size == (2 * cell + 4, 18 + 2 * (cell + 14) + 4)  # title line, 2 x 2 grid
     assert sheet.getpixel((4 + cell // 2, 22 + cell // 2)) == (0, 0, 255)  # image a, first cell
     assert sorted(p.name for p in (in_tmp / "data/processed").iterdir()) == [
+        "ATTRIBUTION.csv",
         "a.png",
         "b.png",
         "contact_sheet.png",
@@ -150,3 +151,26 @@ def test_missing_accepted_list_says_what_to_run(in_tmp):
 def test_bad_resize_params_name_the_key(resize_params, message):
     with pytest.raises(ParamsError, match=message):
         params_from_dict({"resize": resize_params})
+
+
+def test_attribution_csv_carries_each_training_images_licence(in_tmp):
+    make_raw(in_tmp)
+    licence = {
+        "source": "openverse",
+        "origin": "https://x/a.png",
+        "page_url": "https://x/landing/a",
+        "title": 'Mario, "a"',
+        "license": "by-sa",
+        "license_version": "4.0",
+        "license_url": "https://creativecommons.org/licenses/by-sa/4.0/",
+        "creator": "Ana",
+        "attribution": '"Mario" by Ana is licensed under CC BY-SA 4.0.',
+    }
+    raw_index = [{"id": "a", "file": "a.png", **licence}, {"id": "b", "file": "b.jpg", "source": "bing"}]
+    write_csv_atomic(in_tmp / "data/raw/index.csv", ["id", "file", *licence], raw_index)
+    resize.run(params_from_dict({"train": {"resolution": 32}, "resize": {"size": 32, "workers": 1}}))
+    rows = list(csv.DictReader(open("data/processed/ATTRIBUTION.csv", encoding="utf-8")))
+    assert [r["id"] for r in rows] == ["a", "b", "d"]  # the training set: c was skipped
+    assert rows[0] == {"id": "a", "file": "a.png", **licence}
+    assert rows[1]["source"] == "bing" and rows[1]["license"] == "" and rows[1]["file"] == "b.png"
+    assert set(rows[2].values()) == {"d", "d.png", ""}  # not in the raw index: empty, not invented

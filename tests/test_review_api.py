@@ -19,7 +19,7 @@ from pipeline.__main__ import main
 from pipeline.curate import read_manifest
 from pipeline.params import params_from_dict
 from pipeline.review import create_app
-from tests.conftest import env
+from tests.conftest import ROOT, env, write_params
 
 PORT = 8799
 BASE = f"http://127.0.0.1:{PORT}"
@@ -27,7 +27,7 @@ BASE = f"http://127.0.0.1:{PORT}"
 
 def make_dataset(root: Path, count: int = 30) -> dict:
     """Download and dedup a tiny synthetic set in `root`; returns candidate ids and one duplicate group."""
-    (root / "params.yaml").write_text(f"download:\n  count: {count}\n")
+    write_params(root, {"download": {"count": count}})
     params = params_from_dict({"download": {"count": count}})
     old = Path.cwd()
     os.chdir(root)
@@ -288,7 +288,10 @@ def test_server_writes_only_the_manifest_and_its_cache(client, data, in_tmp):
     client.get("/api/state")
     after = files()
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert changed == {str(paths.MANIFEST)}
+    # The lock file beside the manifest is created once, empty, and never holds data.
+    lock = paths.MANIFEST.with_name(".manifest.csv.lock")
+    assert changed == {str(paths.MANIFEST), str(lock)}
+    assert (in_tmp / lock).stat().st_size == 0
 
 
 def start_review(cwd) -> tuple[subprocess.Popen, str]:
@@ -296,7 +299,7 @@ def start_review(cwd) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "review", "--port", "0", "--no-browser"],
         cwd=cwd,
-        env=env(),
+        env=env() | {"PYTHONPATH": str(ROOT)},  # this checkout's pipeline, not an installed one
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -323,7 +326,7 @@ def test_cli_serves_on_a_free_port_and_refuses_a_busy_one(data, in_tmp, capsys):
 
 
 def test_cli_says_what_is_missing_or_broken(in_tmp, capsys):
-    (in_tmp / "params.yaml").write_text("{}\n")
+    write_params(in_tmp, {})
     assert main(["review", "--port", "0", "--no-browser"]) == 2
     assert "data/dedup/candidates.csv: not found; run `dvc repro dedup` first" in capsys.readouterr().err
 
@@ -333,3 +336,26 @@ def test_cli_refuses_to_start_on_a_broken_manifest(data, capsys):
     paths.MANIFEST.write_text(f"id,decision,note\n{data['ids'][0]},ok,\n")
     assert main(["review", "--port", "0", "--no-browser"]) == 2
     assert "manifest.csv:2: unknown decision 'ok'" in capsys.readouterr().err
+
+
+def test_items_carry_the_licence_and_attribution_from_the_index(in_tmp, data):
+    index = list(csv.DictReader(open(paths.RAW / "index.csv")))
+    licence = {
+        "title": "Mario sprite",
+        "license": "cc0",
+        "license_version": "1.0",
+        "license_url": "https://creativecommons.org/publicdomain/zero/1.0/",
+        "creator": "Jane Pixel",
+        "attribution": '"Mario sprite" by Jane Pixel is marked with CC0 1.0.',
+    }
+    with open(paths.RAW / "index.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, [*index[0], *licence])
+        w.writeheader()
+        w.writerows(r | (licence if r["id"] == data["kept"] else {}) for r in index)
+    items = {
+        i["id"]: i
+        for i in TestClient(create_app(in_tmp, PORT), base_url=BASE).get("/api/items").json()["items"]
+    }
+    assert {k: items[data["kept"]][k] for k in licence} == licence
+    other = next(i for i in data["ids"] if i != data["kept"])
+    assert {k: items[other][k] for k in licence} == dict.fromkeys(licence, "")

@@ -82,6 +82,7 @@ def test_keyboard_undo_and_bulk_range_reach_the_manifest(server, browser, tmp_pa
     wait_for(lambda: data["member"] in group.text, "the group's members in the detail view")
     facts = browser.find_element(By.ID, "facts").text
     assert "synthetic://" in facts and " × " in facts
+    assert "licence unknown" in facts.replace("\n", " ")  # synthetic images carry no licence
     wait_for(
         lambda: browser.execute_script("return document.getElementById('preview').naturalWidth") > 0,
         "the large preview",

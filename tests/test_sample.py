@@ -96,19 +96,6 @@ def test_a_file_without_raw_weights_gives_its_only_weights(in_tmp, caplog):
     assert "has no raw weights" in caplog.text
 
 
-def test_an_older_load_generator_without_which_still_works(project, monkeypatch):
-    calls = []
-    real = sample.load_generator
-
-    def old_load_generator(path, device="cpu"):
-        calls.append(path)
-        return real(path, device)
-
-    monkeypatch.setattr(sample, "load_generator", old_load_generator)
-    x = sample.generate(paths.MODEL, 2, seed=0, device="cpu", which="raw")
-    assert calls and x.shape == (2, 3, 32, 32)
-
-
 def test_missing_model_is_one_clear_error(in_tmp, capsys):
     assert main(["--params", "nope.yaml", "generate", "--n", "2", "--out", "out"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

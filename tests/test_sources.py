@@ -1,4 +1,4 @@
-"""Sources other than google: urls files, folders, Bing on a saved results page; bad input; dvc repro."""
+"""Sources other than google: urls files, folders, several engines in one run, licences; bad input; dvc repro."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -14,8 +13,10 @@ import yaml
 from pipeline import download, sources
 from pipeline.__main__ import main
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, params_from_dict
-from tests.conftest import make_project, sh
+from pipeline.params import DownloadParams, defaults, from_defaults, params_from_dict
+from pipeline.search import LICENCE_FIELDS
+from tests.conftest import make_project, sh, write_params
+from tests.engines import TunnelProxy, bing_pages, ddg_routes, fixture, openverse_pages
 from tests.loopback import Routes, Server, image_bytes
 
 FIXTURE = Path(__file__).parent / "fixtures/bing_async.html"
@@ -40,7 +41,7 @@ def test_urls_text_file_with_optional_page_column(tmp_path):
     f.write_text(
         "# exported from a browser\nhttp://a/1.jpg http://a/page\n\n  https://b/2.png\nfile:///etc/x\n"
     )
-    tasks = sources.urls(DownloadParams(source="urls", urls_file=str(f)))
+    tasks = sources.urls(from_defaults(DownloadParams, source="urls", urls_file=str(f)))
     assert [(t.url, t.page_url) for t in tasks] == [
         ("http://a/1.jpg", "http://a/page"),
         ("https://b/2.png", ""),
@@ -52,45 +53,14 @@ def test_urls_text_file_with_optional_page_column(tmp_path):
 def test_urls_csv_with_and_without_header(tmp_path):
     f = tmp_path / "urls.csv"
     f.write_text('\ufefftitle,page_url,url\nMario,http://a/p,"http://a/1.jpg?w=1,h=2"\r\n')
-    assert [(t.url, t.page_url) for t in sources.urls(DownloadParams(urls_file=str(f)))] == [
+    assert [(t.url, t.page_url) for t in sources.urls(from_defaults(DownloadParams, urls_file=str(f)))] == [
         ("http://a/1.jpg?w=1,h=2", "http://a/p")
     ]
     f.write_text("http://a/1.jpg,http://a/p\nhttp://a/2.jpg\n")
-    assert [(t.url, t.page_url) for t in sources.urls(DownloadParams(urls_file=str(f)))] == [
+    assert [(t.url, t.page_url) for t in sources.urls(from_defaults(DownloadParams, urls_file=str(f)))] == [
         ("http://a/1.jpg", "http://a/p"),
         ("http://a/2.jpg", ""),
     ]
-
-
-def test_bing_parses_a_saved_results_page_with_icrawler(monkeypatch):
-    from icrawler.utils import Session
-
-    asked = []
-
-    def fake_get(self, url, **kwargs):  # only the network fetch of the results page is replaced
-        asked.append(url)
-        return SimpleNamespace(
-            status_code=200, content=FIXTURE.read_bytes().replace(b"LOOPBACK", b"http://h")
-        )
-
-    monkeypatch.setattr(Session, "get", fake_get)
-    tasks = sources.bing("super mario", DownloadParams(source="bing", limit=10))
-    assert asked == ["https://www.bing.com/images/async?q=super mario&first=0"]
-    # icrawler's parser keeps .jpg results only, cut at ".jpg".
-    assert [(t.url, t.page_url) for t in tasks] == [
-        ("http://h/img/0.jpg", "http://h/pages/0.html"),
-        ("http://h/bing/mario.jpg", "http://h/pages/1.html"),
-        ("http://h/html.jpg", "http://h/pages/2.html"),
-    ]
-    assert {(t.query, t.source) for t in tasks} == {("super mario", "bing")}
-
-
-def test_bing_with_no_results_says_so(monkeypatch, caplog):
-    from icrawler.utils import Session
-
-    monkeypatch.setattr(Session, "get", lambda self, url, **kw: SimpleNamespace(content=b"<html></html>"))
-    assert sources.bing("mario", DownloadParams(source="bing", limit=5)) == []
-    assert "bing: 0 results for query 'mario'" in caplog.text
 
 
 def test_urls_source_writes_index_duplicates_rejections_and_resumes(server, in_tmp):
@@ -164,10 +134,43 @@ def test_folder_source_imports_checked_images(in_tmp):
         ),
         ({"source": "urls"}, "params.yaml: download.urls_file: must name a file"),
         ({"queries": "mario"}, "params.yaml: download.queries: must be a list"),
+        (
+            {"source": ["bing", "folder"]},
+            "params.yaml: download.source: only google, bing, ddg, openverse, urls",
+        ),
+        ({"source": ["bing", "bing"]}, "params.yaml: download.source: lists a source twice"),
+        ({"source": []}, "params.yaml: download.source: must be one of"),
+        (
+            {"source": ["bing", "openverse"], "search_url": "http://x/"},
+            "params.yaml: download.search_url: is one URL but download.source lists several engines",
+        ),
+        (
+            {"source": "bing", "search_url": {"yahoo": "http://x/"}},
+            "params.yaml: download.search_url.yahoo: unknown",
+        ),
+        (
+            {"source": "ddg", "search_url": {"ddg": "http://x/"}},
+            "params.yaml: download.search_url.ddg: ddg takes no URL",
+        ),
+        (
+            {"source": "google", "search_url": "http://x/"},
+            "params.yaml: download.search_url: must contain {query}",
+        ),
+        (
+            {"source": "openverse", "search_url": "ftp://x/"},
+            "params.yaml: download.search_url: must be an http(s)",
+        ),
+        ({"market": "en_US!"}, "params.yaml: download.market: must be a market code like en-US"),
+        ({"licenses": "cc0"}, "params.yaml: download.licenses: must be a list of licence codes"),
+        (
+            {"licenses": ["cc0", "cc-by"]},
+            "params.yaml: download.licenses: unknown licence code 'cc-by'; use by,",
+        ),
+        ({"user_agent": "two\nlines"}, "params.yaml: download.user_agent: must be one line"),
     ],
 )
 def test_bad_input_gives_one_clear_error_line(in_tmp, capsys, download_params, message):
-    Path("params.yaml").write_text(yaml.safe_dump({"download": download_params}))
+    write_params(Path("."), {"download": download_params})
     assert main(["download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
@@ -180,17 +183,139 @@ def test_every_image_rejected_is_an_error(server, in_tmp):
     assert rows("data/raw/rejected.csv")[0]["reason"] == "HTML page, not an image"
 
 
+def engines_on_loopback(server, duck_routes, base: str) -> dict:
+    """bing, ddg and openverse fixture pages on loopback; returns download.search_url for them."""
+    bing_pages(server.routes, base, {1: fixture("bing_async.html", base)})
+    openverse_pages(server.routes, base, {1: json.loads(fixture("openverse_page1.json", base))})
+    ddg_routes(duck_routes, {0: fixture("ddg_i_page1.json", base)})
+    server.routes.add("/ov/mario-cc0.png", image_bytes("PNG", (90, 90), (9, 9, 9)))
+    server.routes.add("/ov/mario-by-sa.jpg", image_bytes("JPEG", (90, 90), (9, 99, 9)), "image/jpeg")
+    server.routes.add("/ddg/mario-1.jpg", image_bytes("JPEG", (91, 90), (99, 9, 9)), "image/jpeg")
+    server.routes.add("/bing/luigi.jpeg", image_bytes("JPEG", (92, 90), (0, 200, 0)), "image/jpeg")
+    return {"bing": server.url("/bing/async"), "openverse": server.url("/v1/images/")}
+
+
+@pytest.fixture
+def duck(tmp_path, monkeypatch):
+    with TunnelProxy(tmp_path / "tls", ["duckduckgo.com"]) as proxy:
+        monkeypatch.setenv("DDGS_PROXY", proxy.url)
+        monkeypatch.delenv("OPENVERSE_CLIENT_ID", raising=False)
+        yield proxy
+
+
+def test_three_engines_in_one_run_share_urls_and_bytes_and_keep_licences(server, duck, in_tmp):
+    urls = engines_on_loopback(server, duck.routes, server.url(""))
+    params = {"source": ["bing", "ddg", "openverse"], "queries": ["mario"], "search_url": urls}
+    params |= {"ca_bundle": str(duck.ca), "retries": 0}
+    index = download.run(params_from_dict({"download": params}))
+    raw = Path("data/raw")
+    got = {r["origin"].removeprefix(server.url("")): r for r in rows(raw / "index.csv")}
+    # /img/0.jpg: bing found it first, openverse too; fetched once, kept as bing's.
+    assert got["/img/0.jpg"]["source"] == "bing" and server.routes.hits["/img/0.jpg"] == 1
+    # /ov/mario-cc0.png: ddg found it before openverse; the licence is openverse's only.
+    assert got["/ov/mario-cc0.png"]["source"] == "ddg" and got["/ov/mario-cc0.png"]["license"] == ""
+    by_sa = got["/ov/mario-by-sa.jpg"]
+    assert (by_sa["source"], by_sa["license"], by_sa["license_version"]) == ("openverse", "by-sa", "4.0")
+    assert by_sa["creator"] == "Ana Example" and by_sa["page_url"] == server.url("/ov/landing/2")
+    assert by_sa["license_url"] == "https://creativecommons.org/licenses/by-sa/4.0/"
+    assert by_sa["attribution"].startswith('"Mario cosplay" by Ana Example is licensed under CC BY-SA 4.0')
+    assert got["/bing/luigi.jpeg"]["title"] == "Luigi & Mario"
+    assert {r["source"] for r in index} == {"bing", "ddg", "openverse"}
+    assert list(rows(raw / "index.csv")[0])[-6:] == ["title", *LICENCE_FIELDS]
+    # a.png and b.png: one file; non-images and data: URLs rejected with reasons.
+    rejected = {r["url"].removeprefix(server.url("")): r["reason"] for r in rows(raw / "rejected.csv")}
+    assert rejected["/html.jpg"] == "HTML page, not an image"
+    assert rejected["/ddg/not-an-image"] == "HTTP 404"
+    assert rejected["data:image/png;base64,iVBORw0KGgo="].startswith("scheme 'data' refused")
+    report = json.loads((raw / "report.json").read_text())
+    assert report["engines"] == {"bing": "ok", "ddg": "ok", "openverse": "ok"}
+    agents = {h["User-Agent"] for p, h in server.routes.requests if p.startswith(("/img/", "/v1/images/"))}
+    assert agents == {defaults()["download"]["user_agent"]}  # images and openverse: the project's agent
+
+
+def test_licence_filter_keeps_only_those_licences(server, duck, in_tmp, caplog):
+    caplog.set_level("INFO", "pipeline")
+    urls = engines_on_loopback(server, duck.routes, server.url(""))
+    params = {"source": ["bing", "openverse"], "queries": ["mario"], "search_url": urls, "retries": 0}
+    index = download.run(params_from_dict({"download": params | {"licenses": ["cc0", "by-sa"]}}))
+    assert sorted((r["origin"].rsplit("/", 1)[1], r["license"]) for r in index) == [
+        ("mario-by-sa.jpg", "by-sa"),
+        ("mario-cc0.png", "cc0"),
+    ]
+    assert not server.routes.hits["/img/1.png"]  # bing results have no licence: never fetched
+    assert "bing: mario: 9 of 9 results left out: licence not in download.licenses" in caplog.text
+    with pytest.raises(
+        PipelineError, match=r"none of the 9 results has a licence in download.licenses \['pdm'\]"
+    ):
+        download.run(params_from_dict({"download": params | {"source": ["bing"], "licenses": ["pdm"]}}))
+
+
+def test_a_blocked_engine_is_one_line_and_the_others_go_on(server, duck, in_tmp, caplog):
+    urls = engines_on_loopback(server, duck.routes, server.url(""))
+    challenge = (FIXTURE.parent / "bing_challenge.html").read_bytes()
+    server.routes.pages["/bing/async"] = lambda h: (200, challenge, "text/html", {})
+    params = {
+        "source": ["bing", "openverse"],
+        "queries": ["mario", "luigi"],
+        "search_url": urls,
+        "retries": 0,
+    }
+    index = download.run(params_from_dict({"download": params}))
+    assert {r["source"] for r in index} == {"openverse"}
+    blocked = [r.message for r in caplog.records if r.message.startswith("bing: blocked")]
+    assert len(blocked) == 1  # bing is not asked again for 'luigi'
+    report = json.loads(Path("data/raw/report.json").read_text())
+    assert report["engines"]["bing"].startswith(
+        "bing: blocked: Bing answered with a challenge (CAPTCHA) page"
+    )
+    server.routes.pages["/v1/images/"] = lambda h: (429, b"", "text/plain", {"Retry-After": "0"})
+    with pytest.raises(PipelineError) as err:
+        download.run(params_from_dict({"download": params}))
+    assert str(err.value).startswith(
+        "download: bing: blocked"
+    ) and "; openverse: rate limited (HTTP 429" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_sources_check_prints_one_row_per_engine(server, duck, in_tmp, capsys):
+    urls = engines_on_loopback(server, duck.routes, server.url(""))
+    server.routes.pages["/v1/images/"] = lambda h: (200, b"{oops", "application/json", {})
+    params = {
+        "source": ["bing", "ddg", "openverse"],
+        "search_url": urls,
+        "ca_bundle": str(duck.ca),
+        "retries": 0,
+    }
+    write_params(Path("."), {"download": params})
+    assert main(["sources", "check", "--query", "luigi"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["engine", "status", "results", "first", "URL", "or", "reason"]
+    table = {ln.split()[0]: ln.split(maxsplit=3)[1:] for ln in lines[1:]}
+    assert table["bing"] == ["200", "9", server.url("/img/0.jpg")]
+    assert table["ddg"] == ["200", "4", server.url("/ddg/mario-1.jpg")]
+    assert table["openverse"][:2] == ["200", "0"]
+    assert table["openverse"][2].startswith("openverse: the answer is not the JSON of Openverse's API")
+    assert query_of(server.routes.requests[0][0])["q"] == "luigi"
+
+
+def query_of(path: str) -> dict[str, str]:
+    from urllib.parse import parse_qs, urlsplit
+
+    return {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+
+
 @pytest.mark.e2e
-def test_urls_folder_and_bing_through_dvc_repro(server, tmp_path):
+def test_urls_folder_and_three_engines_through_dvc_repro(server, duck, tmp_path, monkeypatch):
     root = make_project(tmp_path / "proj")
     (root / "urls.txt").write_text(f"{server.url('/img/0.jpg')}\n{server.url('/img/2.gif')}\n")
     (root / "mine").mkdir()
     (root / "mine/x.png").write_bytes(image_bytes("PNG", (70, 70)))
-    search = server.url("/search?q={query}&first={offset}")
+    urls = engines_on_loopback(server, duck.routes, server.url(""))
+    engines = {"source": ["bing", "ddg", "openverse"], "queries": ["mario"], "limit": 6, "search_url": urls}
     runs = {
         "urls": {"source": "urls", "urls_file": "urls.txt"},
         "folder": {"source": "folder", "folder": "mine"},
-        "bing": {"source": "bing", "queries": ["mario"], "limit": 5, "search_url": search},
+        "engines": engines | {"ca_bundle": str(duck.ca), "retries": 0},
     }
     for name, extra in runs.items():
         params = yaml.safe_load((root / "params.yaml").read_text())
@@ -198,15 +323,22 @@ def test_urls_folder_and_bing_through_dvc_repro(server, tmp_path):
         (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
         sh("dvc", "repro", "download", cwd=root)
         index = rows(root / "data/raw/index.csv")
-        assert index and {r["source"] for r in index} == {name}, name
-    assert [r["origin"].rsplit("/", 1)[-1] for r in index] == ["0.jpg", "mario.jpg"]
-    assert rows(root / "data/raw/rejected.csv")[0]["reason"] == "HTML page, not an image"
-    assert server.routes.hits["/search?q=mario&first=0"] == 1
-    # Scraping again re-uses the cache: DVC deleted data/raw, nothing is downloaded twice.
+        assert index and {r["source"] for r in index} <= {name, "bing", "ddg", "openverse"}, name
+    assert {r["source"] for r in index} == {"bing", "ddg", "openverse"}
+    assert list(index[0])[-6:] == ["title", *LICENCE_FIELDS]
+    licensed = [r for r in index if r["license"]]
+    assert licensed and all(
+        r["source"] == "openverse" and r["attribution"] and r["page_url"] for r in licensed
+    )
+    # limit 6: bing's first page (9 results) is enough; openverse's page 2 is refused: the end.
+    assert [p for p in server.routes.hits if p.startswith("/bing/async")] == [
+        "/bing/async?q=mario&async=content&first=1&count=35"
+    ]
+    assert duck.tunnels
+    # Scraping again re-uses the cache: DVC deleted data/raw, no image is downloaded twice.
     sh("dvc", "repro", "-f", "-s", "download", cwd=root)
-    assert server.routes.hits["/search?q=mario&first=0"] == 2
-    assert server.routes.hits["/img/0.jpg"] == server.routes.hits["/bing/mario.jpg"] == 1
-    assert len(rows(root / "data/raw/index.csv")) == 2
+    assert server.routes.hits["/img/0.jpg"] == 1 and server.routes.hits["/img/3.webp"] == 1
+    assert len(rows(root / "data/raw/index.csv")) == len(index)
     status = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root).stdout
     assert "data/" not in status and ".cache" not in status
     # A frozen scrape stays put while params change.
@@ -215,4 +347,3 @@ def test_urls_folder_and_bing_through_dvc_repro(server, tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     out = sh("dvc", "repro", "download", cwd=root)
     assert "Running stage 'download'" not in out.stdout + out.stderr
-    assert server.routes.hits["/search?q=mario&first=0"] == 2

@@ -1,6 +1,7 @@
 """The train stage: outputs, every loss and option, checkpoint/resume, NaN stop, signals, DDP, params."""
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from pipeline import paths, train
+from pipeline import distributed, live, loss, paths, tensors, train
 from pipeline.errors import PipelineError
 from pipeline.images import write_csv_atomic
 from pipeline.model import load_generator
@@ -33,6 +35,11 @@ TINY = {
         "sample_kimg": 0.04,
         "checkpoint_kimg": 0.04,
         "threads": 1,
+        # What these tests were written against (params.yaml's choices differ; it is the one source
+        # of defaults, so the tests pin theirs).
+        "upsample": "deconv",
+        "diffaugment": "color,translation,cutout",
+        "eval_kimg": 0,
     },
 }
 
@@ -104,7 +111,7 @@ def test_load_generator_rejects_an_unknown_choice(in_tmp):
 
 def test_resolution_above_processed_size_is_an_error(in_tmp):
     params = params_from_dict({"resize": {"size": 64}})
-    params = params.__class__(resize=params.resize, train=params.train.__class__(resolution=128))
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, resolution=128))
     with pytest.raises(PipelineError, match="train.resolution: 128 is above resize.size 64"):
         train.run(params)
 
@@ -131,7 +138,7 @@ OPTIONS = [
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_a_few_steps_of_each_loss_and_option(option, monkeypatch):
-    monkeypatch.setattr(train, "R1_INTERVAL", 2)  # so that R1 runs within the few steps
+    monkeypatch.setattr(loss, "R1_INTERVAL", 2)  # so that R1 runs within the few steps
     p = params_from_dict(tiny(**option)).train
     data = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     t = train.Trainer(p, data, torch.device("cpu"))
@@ -316,9 +323,20 @@ def test_two_process_ddp_on_cpu(in_tmp):
     load_generator(paths.MODEL)
 
 
+def test_ranks_with_different_checkpoints_stop_with_one_line(in_tmp, monkeypatch):
+    # Several machines: another rank's disk holds a checkpoint at step 5, this one none.
+    make_processed()
+    monkeypatch.setattr(distributed, "gather", lambda obj, world: [obj, 5])
+    with pytest.raises(
+        PipelineError, match=r"ranks found different models/checkpoint.pt \(step by rank: \[None, 5\]\)"
+    ):
+        train.run(params_from_dict(TINY))
+    assert not paths.MODEL.exists()
+
+
 def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
     make_processed()
-    monkeypatch.setattr(train, "_init_distributed", lambda device: (0, 3, device))
+    monkeypatch.setattr(distributed, "init", lambda device: (0, 3, device))
     with pytest.raises(PipelineError, match="train.batch_size: 8 does not split over 3 ranks"):
         train.run(params_from_dict(TINY))
 
@@ -364,7 +382,7 @@ def test_resumed_curves_drop_the_steps_after_the_checkpoint(tmp_path):
     tsv.parent.mkdir()
     rows = "".join(f"{100 + s}\t{s}\t0.5\n" for s in range(0, 40, 4))
     tsv.write_text("timestamp\tstep\tloss_g\n" + rows + "140\t4")  # a row torn by kill -9
-    train._trim_curves(tmp_path, 17)
+    live.trim_curves(tmp_path, 17)
     assert [r["step"] for r in csv.DictReader(tsv.open(), delimiter="\t")] == ["0", "4", "8", "12", "16"]
 
 
@@ -374,7 +392,7 @@ def test_a_fresh_run_clears_the_previous_curves_even_without_dvclive(in_tmp, mon
     old.write_text("timestamp\tstep\tloss_g\n1\t500\t0.5\n")
     (paths.DVCLIVE / "metrics.json").write_text('{"step": 500}')
     monkeypatch.setitem(sys.modules, "dvclive", None)  # `import dvclive` now fails
-    train._Logger(enabled=True, resume_step=0)
+    live.Logger(enabled=True, resume_step=0)
     assert not old.exists() and not (paths.DVCLIVE / "metrics.json").exists()
 
 
@@ -406,3 +424,22 @@ def test_dvc_repro_after_ctrl_c_resumes_from_the_checkpoint(tmp_path):
     curve = next((root / "dvclive/plots/metrics").rglob("loss_g.tsv"))
     steps = [int(row["step"]) for row in csv.DictReader(curve.open(), delimiter="\t")]
     assert steps == sorted(set(steps)) and steps[0] <= stopped_at and steps[-1] == 375, steps
+
+
+def test_load_dataset_gives_pil_s_pixels_and_names_a_broken_file(in_tmp):
+    """PIL's convert("RGB") and Lanczos resize in every PNG mode; a broken file is one line naming it."""
+    make_processed(n=4)
+    modes = ["RGB", "RGBA", "L", "P"]
+    for i, mode in enumerate(modes):
+        img = Image.open(paths.PROCESSED / f"x{i}.png").convert(mode)
+        img.save(paths.PROCESSED / f"x{i}.png")
+    for resolution in (64, 32):
+        data = tensors.load_dataset(paths.PROCESSED, resolution)
+        for i in range(len(modes)):
+            img = Image.open(paths.PROCESSED / f"x{i}.png").convert("RGB")
+            img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            want = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+            assert torch.equal(data[i], want), (modes[i], resolution)
+    (paths.PROCESSED / "x2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(PipelineError, match=r"x2.png: cannot be decoded .*run `dvc repro resize` again"):
+        tensors.load_dataset(paths.PROCESSED, 32)

@@ -195,6 +195,13 @@ function paintDetail() {
     fact("source URL", shown.origin, true),
   );
   if (shown.page_url) body.append(fact("page URL", shown.page_url, true));
+  if (shown.title) body.append(fact("title", shown.title));
+  // Licence as the search engine reported it; "unknown" says we were not told, not that there is none.
+  const licence = shown.license ? `${shown.license.toUpperCase()} ${shown.license_version}`.trim() : "unknown";
+  body.append(fact("licence", licence));
+  if (shown.license_url) body.append(fact("licence URL", shown.license_url, true));
+  if (shown.creator) body.append(fact("creator", shown.creator));
+  if (shown.attribution) body.append(fact("attribution", shown.attribution));
   if (shown.distance !== undefined) body.append(fact("distance", `${shown.distance} bits (${shown.match})`));
   $("#group-title").textContent = item.members.length
     ? `Duplicate group: ${members.length} images`
@@ -370,6 +377,12 @@ async function start() {
   setFilter(S.counts && S.counts.pending ? "pending" : "all");
   if (!S.items.length) setStatus("no candidates: run `dvc repro dedup` first", "error");
   else if (!state.error) setStatus(`${S.items.length} candidates; decisions are saved to ${S.manifest}`);
+  // Images whose file cannot be read (a symlink loop, a vanished file) are left out, with the reason.
+  const skipped = data.skipped || [];
+  if (skipped.length) {
+    const first = `${skipped[0].id}: ${skipped[0].reason}`;
+    toast(`${skipped.length} image(s) not shown, unreadable (${first}${skipped.length > 1 ? "; …" : ""})`, true);
+  }
 
   document.addEventListener("keydown", onKey);
   // A clicked button keeps focus, and Space or Enter would press it again: give focus back.
