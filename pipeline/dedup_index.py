@@ -8,11 +8,11 @@ Three steps, each usable alone:
   group(...)                best image first; each image joins the kept image it is
                             verified against, never another member, so groups never chain
 
-Verification compares the thumbnails: the best Pearson correlation over shifts
-of up to 2 pixels (and against the other's centre-crop thumbnail, for crops),
-then the mean colour difference on the foreground at that alignment. Hashes
-only see luminance at low frequency; the colour check is what separates a red
-plumber from a green one, and a circle from a rounded square, on white.
+Verification (verify, verify_pairs) compares the thumbnails: the best Pearson
+correlation of their smoothed luma over the overlap, displaced by up to 2 pixels
+(and against the other's centre-crop thumbnail, for crops), then the mean colour
+difference on the foreground at that alignment. The README's "Deduplication"
+section explains the steps and why each measure is the one it is.
 """
 
 from __future__ import annotations
@@ -314,10 +314,8 @@ def _rgb_sum(x: np.ndarray) -> np.ndarray:
 SIDE = 2 * SHIFT + 1
 # Displacement k (0 .. SIDE² - 1) pairs a[y, x] with b[y + dy, x + dx] over their overlap.
 DISPLACEMENTS = [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
-FFT = 36  # FFT side: at least THUMB + SHIFT, so circular wrap-around never reaches |d| <= SHIFT
 FLAT_RMS = 3.0  # a thumbnail part whose luma (0-765) varies less than this (RMS) is flat
-LUMA = np.array([0.299, 0.587, 0.114], np.float32) * 3
-BLUR = True  # correlate [1 2 1]-smoothed thumbnails: thin strokes survive a sub-pixel move
+LUMA = np.array([0.299, 0.587, 0.114], np.float32) * 3  # Rec. 601, scaled to R+G+B's 0-765
 
 
 def _overlap(d: int) -> slice:
@@ -366,9 +364,8 @@ def _prepare(t: np.ndarray) -> _Prepared:
     R+G+B): unlike a plain R+G+B, it tells red from blue, so a red-and-blue picture is not
     flat. Minus its mean, so the sums below lose nothing to cancellation."""
     f = t.reshape(-1, 3).astype(np.float32) @ LUMA
-    f = f.reshape(t.shape[:3])
-    if BLUR:
-        f = _smooth(f)
+    # Smoothed: a thin stroke moved by half a pixel (a crop, a rescale) still overlaps itself.
+    f = _smooth(f.reshape(t.shape[:3]))
     f -= f.mean(axis=(1, 2), keepdims=True)
     f64 = f.astype(np.float64)
     return _Prepared(f, _region_sums(f64), _region_sums(f64 * f64))
