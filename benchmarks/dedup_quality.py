@@ -3,7 +3,10 @@
 Builds (once, then reuses) the near-duplicate set of benchmarks/dedup_set.py and
 prints, for each method and a few thresholds, pair precision and recall against
 the ground truth, and images per second (load + hash + search + group, on
-`--workers` processes). Ends with `ratio: X`, this stage's throughput over
+`--workers` processes); then precision and recall per family of pictures
+(dedup_set.FAMILIES) for this stage and imagededup at the default threshold,
+and with --sweep a grid of verification limits (overall, and the worst family).
+Ends with `ratio: X`, this stage's throughput over
 imagededup's at the default threshold. imagededup is a benchmark-only extra:
 pip install -e '.[bench]'.
 

@@ -149,7 +149,22 @@ def _keys(bits: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
-_JOB: dict = {}  # the index, shared with forked workers without pickling
+# The index (or the thumbnails), shared with forked workers without pickling.
+_SHARED_WITH_WORKERS: dict = {}
+
+
+@dataclass(frozen=True)
+class _ChunkTable:
+    """One chunk's lookup table: the items bucketed by their key in this chunk."""
+
+    counts: np.ndarray  # items per key
+    starts: np.ndarray  # where each key's bucket starts in key order
+    item_order: np.ndarray  # item indices in key order
+    query_order: np.ndarray  # query indices in key order (the items' own in a self-join)
+    query_keys_sorted: np.ndarray  # the queries' keys, in key order
+    zero_at_bit: list[np.ndarray]  # self-join: key-order positions whose key has bit b clear
+    queries: np.ndarray  # packed query hashes, in key order
+    items: np.ndarray  # packed item hashes, in key order
 
 
 def _flips(b: int, r: int) -> list[int]:
@@ -165,49 +180,55 @@ def _chunk_masks(chunks: list[tuple[int, int]], words: int) -> np.ndarray:
 
 
 def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query, item) within the threshold found through chunk c with these flips.
+    """Pairs (query, item) within the threshold found through one chunk's table with
+    these bit flips of the query keys.
 
     Queries are visited in key order, so the table lookups for key ^ flip stay
     close together in memory.
     """
-    c, flips = task
-    j = _JOB
-    counts, starts, order, qorder, qsorted, low, queries, items = j["chunks"][c]
-    masks, radii, t, self_join = j["masks"], j["radii"], j["threshold"], j["self_join"]
-    qs, its = [], []
-    for f in flips:
-        if self_join and f:
+    chunk, flips = task
+    shared = _SHARED_WITH_WORKERS
+    table = shared["chunks"][chunk]
+    masks, radii, threshold = shared["masks"], shared["radii"], shared["threshold"]
+    self_join = shared["self_join"]
+    found_queries, found_items = [], []
+    for flip in flips:
+        if self_join and flip:
             # A pair is met from both ends with the same flip; only the end whose key
             # has a 0 at the flip's top bit looks. (Flip 0: the lower index, below.)
-            qpos = low[f.bit_length() - 1]
-            k = qsorted[qpos] ^ f
+            query_positions = table.zero_at_bit[flip.bit_length() - 1]
+            keys = table.query_keys_sorted[query_positions] ^ flip
         else:
-            qpos = None
-            k = qsorted ^ f
-        cnt = counts[k]
-        hit = np.flatnonzero(cnt)
-        if not len(hit):
+            query_positions = None
+            keys = table.query_keys_sorted ^ flip
+        bucket_sizes = table.counts[keys]
+        hits = np.flatnonzero(bucket_sizes)
+        if not len(hits):
             continue
-        cn = cnt[hit]
+        sizes = bucket_sizes[hits]
         # Positions in key order of each candidate's query and item.
-        qp = np.repeat(hit if qpos is None else qpos[hit], cn)
-        ip = np.repeat(starts[k[hit]] - (np.cumsum(cn) - cn), cn) + np.arange(len(qp))
-        x = queries[qp] ^ items[ip]
-        ok = np.flatnonzero(_popcount(x) <= t)
-        qrep, it, x = qorder[qp[ok]], order[ip[ok]], x[ok]
-        if self_join and f == 0:
-            low_first = qrep < it
-            qrep, it, x = qrep[low_first], it[low_first], x[low_first]
-        if c:  # drop the pairs an earlier chunk finds
-            new = np.ones(len(x), bool)
-            for c2 in range(c):
-                new &= _popcount(x & masks[c2]) > radii[c2]
-            qrep, it = qrep[new], it[new]
-        qs.append(qrep)
-        its.append(it)
-    if not qs:
+        query_at = np.repeat(hits if query_positions is None else query_positions[hits], sizes)
+        item_at = np.repeat(table.starts[keys[hits]] - (np.cumsum(sizes) - sizes), sizes) + np.arange(
+            len(query_at)
+        )
+        differ = table.queries[query_at] ^ table.items[item_at]
+        close = np.flatnonzero(_popcount(differ) <= threshold)
+        query = table.query_order[query_at[close]]
+        item = table.item_order[item_at[close]]
+        differ = differ[close]
+        if self_join and flip == 0:
+            lower_first = query < item
+            query, item, differ = query[lower_first], item[lower_first], differ[lower_first]
+        if chunk:  # drop the pairs an earlier chunk finds
+            new = np.ones(len(differ), bool)
+            for earlier in range(chunk):
+                new &= _popcount(differ & masks[earlier]) > radii[earlier]
+            query, item = query[new], item[new]
+        found_queries.append(query)
+        found_items.append(item)
+    if not found_queries:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(qs).astype(np.int64), np.concatenate(its).astype(np.int64)
+    return np.concatenate(found_queries).astype(np.int64), np.concatenate(found_items).astype(np.int64)
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -245,8 +266,10 @@ def near_pairs(
         qsorted = qkeys[qorder, c].astype(np.int32)
         low = [np.flatnonzero((qsorted >> b) & 1 == 0) for b in range(hi - lo)] if self_join else []
         # The hashes in key order too: a bucket's candidates lie in consecutive memory.
-        tables.append((counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order]))
-    _JOB.update(
+        tables.append(
+            _ChunkTable(counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order])
+        )
+    _SHARED_WITH_WORKERS.update(
         chunks=tables,
         masks=_flat(_chunk_masks(chunks, words)),
         radii=radii,
@@ -265,7 +288,7 @@ def near_pairs(
         else:
             parts = [_search(t) for t in tasks]
     finally:
-        _JOB.clear()
+        _SHARED_WITH_WORKERS.clear()
     q = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     i = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     return (np.minimum(q, i), np.maximum(q, i)) if self_join else (q, i)
@@ -486,7 +509,7 @@ def verify_pairs(
     many), so memory stays small for any number of pairs.
     """
     if workers > 1 and len(a) > 4 * block and "fork" in multiprocessing.get_all_start_methods():
-        _JOB["thumbs"] = thumbs
+        _SHARED_WITH_WORKERS["thumbs"] = thumbs
         try:
             size = max(block, -(-len(a) // (2 * workers)))
             cuts = range(0, len(a), size)
@@ -494,7 +517,7 @@ def verify_pairs(
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 parts = pool.starmap(_verify_part, jobs)
         finally:
-            _JOB.clear()
+            _SHARED_WITH_WORKERS.clear()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     score = np.empty(len(a), np.float32)
     colour = np.full(len(a), np.nan, np.float32)
@@ -541,7 +564,7 @@ def verify_pairs(
 def _verify_part(
     a: np.ndarray, b: np.ndarray, min_score: float, max_colour: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    return verify_pairs(_JOB["thumbs"], a, b, min_score=min_score, max_colour=max_colour)
+    return verify_pairs(_SHARED_WITH_WORKERS["thumbs"], a, b, min_score=min_score, max_colour=max_colour)
 
 
 # --- grouping ---------------------------------------------------------------------------
