@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.dedup_index import (
@@ -59,6 +58,7 @@ from pipeline.images import (
     write_text_atomic,
 )
 from pipeline.params import DedupParams, Params
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def hash_files(files: dict[str, str], p: DedupParams) -> dict[str, Features | st
     jobs = [(sha, f, p.draft, p.hash, p.hash_size) for sha, f in files.items()]
     workers = min(default_workers(p.workers), max(1, len(jobs) // 32))
     feats: dict[str, Features | str] = {}
-    with tqdm(total=len(jobs), desc="dedup (hashing)", unit="img") as bar:
+    with progress(total=len(jobs), desc="dedup (hashing)", unit="img") as bar:
         if workers > 1:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
