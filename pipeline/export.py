@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
 from torchvision.utils import make_grid
 
 from pipeline import contracts, paths
@@ -183,6 +182,9 @@ with torch.no_grad():
 
 def export(out: Path, model: Path = paths.MODEL) -> list[Path]:
     """Write the export to `out`; returns the files written."""
+    # Here, not at the top: `python -m pipeline` imports this module, and GPU machines lack safetensors.
+    from safetensors.torch import save_file
+
     g, config, meta = _load(model)
     images = training_images()
     metrics_path = paths.EVALUATE_METRICS
