@@ -182,9 +182,10 @@ class DownloadParams:
                 _fail(name, "ddg takes no URL; ddgs reads a proxy from the DDGS_PROXY environment variable")
             else:
                 _check(
-                    not url or url.startswith(("http://", "https://")),
+                    not url or (url.startswith(("http://", "https://")) and "{" not in url),
                     name,
-                    f"must be an http(s) URL of the engine's endpoint, or empty for its own, got {url!r}",
+                    f"must be the http(s) URL of the engine's endpoint (the query is added to it; "
+                    f"no {{query}} or {{offset}}), or empty for its own, got {url!r}",
                 )
 
 

@@ -162,6 +162,8 @@ def test_gpu_check_tiny_on_cpu_runs_every_step_on_a_bare_machine(tmp_path, bare_
     assert recipe["params"]["upsample"] == gpu_check.readme_recipe()["train"]["upsample"]
     train = recipe["train"]
     assert train["steps"] > 0 and train["kimg"] == pytest.approx(train["steps"] * 8 / 1000)
+    assert train["loop_img_per_sec"] >= train["img_per_sec"] > 0
+    assert recipe["hours_for_2000_kimg"] == pytest.approx(2e6 / train["loop_img_per_sec"] / 3600)
     assert train["stop_exit_code"] == 2  # the stage's "stopped, saved the checkpoint" status
     assert recipe["evaluate"]["swd"]["avg"] > 0 and recipe["evaluate"]["floor"]["avg"] > 0
     with Image.open(out / "grid.png") as grid:
