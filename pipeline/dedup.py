@@ -39,7 +39,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline import dedup_report, paths
 from pipeline.contracts import (
@@ -62,6 +61,7 @@ from pipeline.dedup_index import (
 )
 from pipeline.images import ImageError, atomic_open, decode, write_text_atomic
 from pipeline.params import DedupParams, Params
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def hash_files(files: dict[str, str], p: DedupParams, save: Callable[[Feats], No
             batch.clear()
 
     try:
-        with tqdm(total=len(jobs), desc="dedup (hashing)", unit="img") as bar:
+        with progress(total=len(jobs), desc="dedup (hashing)", unit="img") as bar:
             if workers > 1:
                 methods = multiprocessing.get_all_start_methods()
                 ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
