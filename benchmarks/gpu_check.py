@@ -325,6 +325,7 @@ def markdown(report: dict[str, Any]) -> str:
     r = report.get("recipe")
     if r:
         ev = r.get("evaluate", {})
+        swd, floor = ev.get("swd", {}), ev.get("floor", {})  # metrics/evaluate.json's groups
         tr = r["train"]
         lines += [
             f"## The README's recipe at {r['resolution']}², {tr['budget_s']:.0f} s of wall clock",
@@ -335,8 +336,8 @@ def markdown(report: dict[str, Any]) -> str:
             "| 2,000 kimg would take |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
             f"| {tr['loop_img_per_sec'] or float('nan'):.1f} | {tr['img_per_sec']:.1f} | {tr['kimg']:.1f} "
-            f"| {tr['steps']} | {ev.get('swd_avg', float('nan')):.1f} "
-            f"| {ev.get('floor_swd_avg', float('nan')):.1f} | {ev.get('swd_over_floor', float('nan')):.2f} "
+            f"| {tr['steps']} | {swd.get('avg', float('nan')):.1f} "
+            f"| {floor.get('avg', float('nan')):.1f} | {swd.get('over_floor', float('nan')):.2f} "
             f"| {r['hours_for_2000_kimg']:.1f} h |",
             "",
             "img/s, loop: images shown from the stage's start of training to SIGTERM (cuDNN autotuning, "

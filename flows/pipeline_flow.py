@@ -51,6 +51,7 @@ from pipeline.contracts import (
     SAMPLE_GRID,
     TRAIN_METRICS,
 )
+from pipeline.progress import parse_line
 
 # The two stages the flow treats specially: the network fetch retries, training reports progress.
 DOWNLOAD = "download"
@@ -58,10 +59,6 @@ TRAIN = "train"
 
 CACHED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
 EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
-# A tqdm line such as "train:  50%|#####     | 1.60k/3.20k [00:10<00:10, 160img/s, loss_d=1.2, loss_g=0.5]".
-TQDM = re.compile(
-    r"^(?P<desc>[^:|]+):\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<done>[^/\s]+)/(?P<total>\S+)\s*\[(?P<info>.*)\]"
-)
 GRID_MAX_PX = 1024  # the sample grid is embedded as base64; keep the artifact small
 
 
@@ -86,7 +83,6 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     # Stage commands say `python`: make it this interpreter's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("TQDM_MININTERVAL", "5")  # progress lines every 5 s, not every update
     return env
 
 
@@ -119,7 +115,7 @@ def _stream(args: list[str], repo: str, on_line: Callable[[str], None]) -> tuple
     """Run `dvc ARGS` in `repo`, handing each output line to `on_line`; return (exit code, last lines)."""
     logger = get_run_logger()
     logger.info("$ dvc %s", " ".join(args))
-    # Text mode splits on \r too, so each tqdm refresh arrives as its own line.
+    # Off a terminal the stages' progress comes as whole lines (pipeline/progress.py).
     proc = subprocess.Popen(
         [_dvc(), *args],
         cwd=repo,
@@ -148,19 +144,21 @@ def _dvc_error(what: str, rc: int, tail: list[str]) -> RuntimeError:
 
 
 class TrainProgress:
-    """A progress artifact fed by the stage's tqdm bar, created on its first line."""
+    """A progress artifact fed by the stage's progress lines (pipeline/progress.py), made on the first."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self.artifact_id = None
 
     def feed(self, line: str) -> None:
-        m = TQDM.match(line)
-        if not m or m["desc"].strip() != self.stage:
+        f = parse_line(line)
+        if not f or f["desc"] != self.stage or not f["pct"]:
             return
-        extra = [p.strip() for p in m["info"].split(",")[1:] if "=" in p]
-        desc = f"{self.stage}: {m['done']}/{m['total']} images" + (f", {', '.join(extra)}" if extra else "")
-        self.set(float(m["pct"]), desc)
+        extra = [p for p in f["extra"].split(", ") if "=" in p]  # the losses, not the times
+        desc = f"{self.stage}: {f['done']}/{f['total']} {f['unit']}" + (
+            f", {', '.join(extra)}" if extra else ""
+        )
+        self.set(float(f["pct"]), desc)
 
     def set(self, pct: float, description: str) -> None:
         if self.artifact_id is None:

@@ -86,6 +86,14 @@ def _git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"swd": {"avg": 1}} -> {"swd/avg": 1}, in file order."""
+    out: dict = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
 def _counts(rows: list[dict], key: str, empty: str) -> str:
     found = collections.Counter(r[key] or empty for r in rows)
     return "\n".join(f"| {name} | {n} |" for name, n in found.most_common())
@@ -104,7 +112,7 @@ def model_card(config: dict, meta: dict, n_params: int, images: list[dict], metr
     if metrics:
         quality = "\n".join(
             f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-            for k, v in sorted(metrics.items())
+            for k, v in _flat(metrics).items()
         )
         quality = (
             "Sliced Wasserstein distance (x1e3, lower is better) of EMA samples to the training\n"

@@ -55,6 +55,8 @@ class LogProgress(tqdm):
         kwargs["mininterval"] = max(kwargs.get("mininterval") or 0, MIN_S)
         kwargs.setdefault("file", sys.stderr)
         super().__init__(iterable, **kwargs)
+        if self.disable:  # tqdm(disable=True) or TQDM_DISABLE: it set up no clock, and says nothing
+            return
         self._logged_n = self.n  # the starting point is no progress to report
         self._logged_at = self._time()
         self._logged_step = self._step()

@@ -33,7 +33,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline import contracts, paths
 from pipeline.images import (
@@ -46,6 +45,7 @@ from pipeline.images import (
     save_image_atomic,
 )
 from pipeline.params import Params, ResizeParams, parse_color
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ def run(params: Params) -> list[dict]:
     rows: list[dict] = []
     skipped: list[dict] = []
     thumbs: dict[str, Image.Image] = {}
-    for image_id, result, thumb in tqdm(_run_jobs(jobs, workers), total=len(jobs), desc="resize", unit="img"):
+    for image_id, result, thumb in progress(
+        _run_jobs(jobs, workers), total=len(jobs), desc="resize", unit="img"
+    ):
         if isinstance(result, str):
             log.warning("skipped %s (%s): %s", image_id, files[image_id], result)
             skipped.append({"id": image_id, "file": files[image_id], "reason": result})

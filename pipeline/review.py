@@ -36,13 +36,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
-from tqdm import tqdm
 
 from pipeline import curate, paths
 from pipeline.contracts import DEDUP_CANDIDATES, DEDUP_GROUPS, RAW_INDEX
 from pipeline.curate import Manifest, ManifestError, read_groups, read_manifest, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.images import ImageError, load_rgb, read_csv, save_image_atomic
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Catalog:
     def warm(self) -> None:
         """Make every thumbnail in the background, so scrolling never waits."""
         todo = self.ids + [m["id"] for ms in self.members.values() for m in ms if m["id"] in self.index]
-        for image_id in tqdm(todo, desc="review (thumbnails)", unit="img", leave=False):
+        for image_id in progress(todo, desc="review (thumbnails)", unit="img", leave=False):
             try:
                 self.thumbnail(image_id)
             except (ImageError, OSError) as exc:

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
-from tqdm import tqdm
 
 from pipeline.contracts import PROCESSED_INDEX
 from pipeline.errors import PipelineError
 from pipeline.images import atomic_open, read_csv
+from pipeline.progress import progress
 
 
 def pick_device(name: str) -> torch.device:
@@ -46,7 +46,7 @@ def load_dataset(processed: Path, resolution: int) -> torch.Tensor:
     if not rows:
         raise PipelineError(f"{index}: no training images; accept some in the curation manifest")
     arrays = []
-    for r in tqdm(rows, desc="train (loading)", unit="img", leave=False):
+    for r in progress(rows, desc="train (loading)", unit="img", leave=False):
         path = processed / r["file"]
         try:
             with Image.open(path) as img:

@@ -249,8 +249,8 @@ def check_stages(device: torch.device, root: Path) -> dict[str, float]:
             assert img.size[0] > 4 * 32
         assert (paths.SAMPLES / "interpolation.gif").exists()
         scores = evaluate.run(p)
-        assert scores["swd_avg"] > 0 and scores["floor_swd_avg"] > 0, scores
-        return {"swd_avg": scores["swd_avg"], "floor_swd_avg": scores["floor_swd_avg"]}
+        assert scores["swd"]["avg"] > 0 and scores["floor"]["avg"] > 0, scores
+        return {"swd_avg": scores["swd"]["avg"], "floor_swd_avg": scores["floor"]["avg"]}
 
 
 def check_memory_256(device: torch.device) -> dict[str, float]:

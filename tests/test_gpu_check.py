@@ -165,7 +165,7 @@ def test_gpu_check_tiny_on_cpu_runs_every_step_on_a_bare_machine(tmp_path, bare_
     assert train["loop_img_per_sec"] >= train["img_per_sec"] > 0
     assert recipe["hours_for_2000_kimg"] == pytest.approx(2e6 / train["loop_img_per_sec"] / 3600)
     assert train["stop_exit_code"] == 2  # the stage's "stopped, saved the checkpoint" status
-    assert recipe["evaluate"]["swd_avg"] > 0 and recipe["evaluate"]["floor_swd_avg"] > 0
+    assert recipe["evaluate"]["swd"]["avg"] > 0 and recipe["evaluate"]["floor"]["avg"] > 0
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (4 * 34 + 2, 2 * 34 + 2)  # sample.n 8 in 4 columns of 32 px, 2 px gaps
     md_text = (out / "report.md").read_text()

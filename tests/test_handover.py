@@ -106,8 +106,9 @@ def test_the_export_loads_alone_and_draws_the_same_images(clones, tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     metrics = json.loads((b / "metrics/evaluate.json").read_text())
     processed = (b / "data/processed/index.csv").read_text().splitlines()[1:]
-    assert f"| swd_avg | {metrics['swd_avg']:.4g} |" in card
-    assert f"| floor_swd_avg | {metrics['floor_swd_avg']:.4g} |" in card
+    assert f"| swd/avg | {metrics['swd']['avg']:.4g} |" in card
+    assert f"| floor/avg | {metrics['floor']['avg']:.4g} |" in card
+    assert f"| swd/over_floor | {metrics['swd']['over_floor']:.4g} |" in card
     assert f"{len(processed)} images" in card and f"| synthetic | {len(processed)} |" in card
     assert "| not reported by the source |" in card  # the synthetic source has no licences
     meta = torch.load(b / "models/generator.pt", weights_only=True)["meta"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from tqdm import tqdm
 
 from pipeline import progress as P
+from tests.conftest import ROOT, env
 
 
 class Clock:
@@ -114,3 +117,24 @@ def test_a_terminal_gets_tqdm_and_a_pipe_gets_lines(monkeypatch):
 def test_other_text_is_not_a_progress_line():
     assert P.parse_line("INFO pipeline.train: train: 400 images at 64 px on cpu x1") is None
     assert P.parse_line("train:  50%|#####     | 1.60k/3.20k [00:10<00:10, 160img/s]") is None
+
+
+def test_a_disabled_bar_says_nothing():
+    # Non-writer ranks under torchrun pass disable=True.
+    buf = io.StringIO()
+    bar = P.LogProgress(range(3), total=3, file=buf, disable=True)
+    assert list(bar) == [0, 1, 2]
+    bar.close()
+    assert buf.getvalue() == ""
+
+
+def test_tqdm_disable_in_the_environment_is_honoured():
+    # tqdm reads TQDM_* when it is imported, so this needs a fresh interpreter.
+    code = "from pipeline.progress import progress\nfor _ in progress(range(3), total=3): pass\nprint('ok')"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env() | {"TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
