@@ -1,4 +1,4 @@
-"""Training speed: pipeline.train.Trainer against a pytorch/examples-style DCGAN loop.
+"""Training speed: pipeline.trainer.Trainer against a pytorch/examples-style DCGAN loop.
 
 Both train the same G and D (pipeline.model) with the same batch on the same
 few hundred images, measured side by side on whatever device is present:
@@ -12,10 +12,14 @@ few hundred images, measured side by side on whatever device is present:
 
 Each row runs in its own process, so peak memory is per row: CUDA's
 max_memory_allocated, or the process's peak RSS on CPU. On CUDA the table also
-gives MFU: model FLOPs (counted once with torch's FlopCounterMode) per second
-over the GPU's dense bf16 peak. Each row is the best of `--repeats` timed
-chunks, since other processes can only slow a run down. Ends with
-`ratio: X`, ours / reference at the last size (256² by default).
+gives MFU: the model FLOPs of our step (counted once with torch's
+FlopCounterMode: G forward and backward, D's three forwards and their
+backwards) times img/s, over the GPU's dense bf16 peak from PEAK_BF16_TFLOPS
+(the entry used is printed). Every row uses the same FLOP count, so MFU
+compares useful work. Each row is the best of `--repeats` timed chunks, since
+other processes can only slow a run down. Ends with `ratio: X`, ours /
+reference at the last size (256² by default). `--json PATH` also writes the
+figures behind the table (benchmarks/gpu_check.py reads them).
 
     python benchmarks/train_speed.py                     # 64² and 256², auto device
     python benchmarks/train_speed.py --sizes 256 --steps 100 --channels 64
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -41,20 +46,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.model import Discriminator, Generator
 from pipeline.params import TrainParams, from_defaults
-from pipeline.train import Trainer, pick_device
+from pipeline.tensors import pick_device
+from pipeline.trainer import Trainer
 
 IMAGES = 300  # about the size of a curated Mario set
-# Dense bf16 tensor-core peaks, from the vendors' datasheets.
-PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, from the vendors' datasheets; where a
+# datasheet gives "X | 2X" or "2X with sparsity", X is taken. GeForce cards: bf16 with fp32
+# accumulate. The key is matched as a whole word in torch.cuda.get_device_name(), longest key first.
+PEAK_BF16_TFLOPS = {
+    "H200 NVL": 835.0,  # NVIDIA H200 NVL datasheet: 1,671 with sparsity
+    "H200": 989.0,  # NVIDIA H200 SXM datasheet: 1,979 with sparsity
+    "GH200": 989.0,  # NVIDIA GH200 datasheet: 1,979 with sparsity
+    "H100 NVL": 835.0,  # NVIDIA H100 NVL datasheet: 1,671 with sparsity
+    "H100 PCIe": 756.0,  # NVIDIA H100 PCIe datasheet: 1,513 with sparsity
+    "H100": 989.0,  # NVIDIA H100 SXM datasheet: 1,979 with sparsity
+    "A100": 312.0,  # NVIDIA A100 datasheet (SXM and PCIe): 312 | 624
+    "L40S": 362.0,  # NVIDIA L40S datasheet: 362.05 | 733
+    "L40": 181.0,  # NVIDIA L40 datasheet: 181.05 | 362.1
+    "L4": 121.0,  # NVIDIA L4 datasheet: 242 with sparsity
+    "A40": 149.7,  # NVIDIA A40 datasheet: 149.7 | 299.4
+    "A10": 125.0,  # NVIDIA A10 datasheet: 125 | 250
+    "RTX A6000": 154.8,  # NVIDIA RTX A6000 datasheet: 154.8 | 309.7
+    "RTX 4090": 165.2,  # Ada Lovelace architecture whitepaper, GeForce RTX 4090: 165.2 | 330.4
+    "RTX 3090": 71.0,  # Ampere GA102 whitepaper, GeForce RTX 3090: 71 | 142
 }
+
+
+def peak_bf16(device_name: str) -> tuple[str, float] | None:
+    """(table key, peak FLOP/s) for a CUDA device name, or None when the table has no entry for it."""
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", device_name):
+            return key, PEAK_BF16_TFLOPS[key] * 1e12
+    return None
+
+
+LOOPS = {"reference": "reference (examples)", "ours": "ours", "ours+aug": "ours + DiffAugment"}
 
 
 def make_images(n: int, size: int) -> torch.Tensor:
@@ -123,7 +149,61 @@ def ours_steps(args: argparse.Namespace, device: torch.device) -> tuple[int, flo
         compile=args.compile,
     )
     t = Trainer(p, make_images(IMAGES, args.size), device)
-    return timed(t.step, args, device)
+    result = timed(t.step, args, device)
+    if args.profile:
+        try:
+            prof = profile_steps(t.step, device)
+        except Exception as exc:  # e.g. no CUPTI: the speed figures still count
+            prof = {"error": f"{type(exc).__name__}: {exc}"}
+        args.profile.write_text(json.dumps(prof, indent=2) + "\n")
+    return result
+
+
+# Where a step's time goes, by the op that launched the kernels (self time, so nothing counts twice).
+CATEGORIES = {
+    "convolutions": ("conv",),
+    "BatchNorm": ("batch_norm",),
+    "Adam": ("adam",),
+    "upsampling": ("upsample",),
+    "DiffAugment indexing": ("gather", "scatter"),
+    "copies and layout": ("copy_", "contiguous", "clone", "to_copy"),
+}
+
+
+def profile_steps(step, device: torch.device, steps: int = 5) -> dict:
+    """The 25 costliest ops of a few steps (device time on CUDA, CPU time elsewhere) and shares by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    # CPU-side ops only: on CUDA each kernel's time is in its launching op's self device time, and the
+    # kernels' own rows would count it again.
+    events = [e for e in prof.key_averages() if str(getattr(e, "device_type", "CPU")).endswith("CPU")]
+
+    def self_time(e) -> float:
+        if not cuda:
+            return e.self_cpu_time_total
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+    total = sum(self_time(e) for e in events) or 1.0
+    shares = dict.fromkeys([*CATEGORIES, "other"], 0.0)
+    for e in events:
+        name = e.key.lower()
+        kind = next((k for k, words in CATEGORIES.items() if any(w in name for w in words)), "other")
+        shares[kind] += self_time(e) / total
+    top = sorted(events, key=self_time, reverse=True)[:25]
+    return {
+        "clock": "device" if cuda else "cpu",
+        "steps": steps,
+        "ms_per_step": total / 1000 / steps,
+        "shares": shares,
+        "top": [{"op": e.key, "share": self_time(e) / total, "calls": e.count} for e in top],
+    }
 
 
 def timed(step, args: argparse.Namespace, device: torch.device) -> tuple[int, float]:
@@ -173,7 +253,7 @@ def one(args: argparse.Namespace) -> None:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     row = {"img_per_sec": images / seconds, "peak_mib": peak}
-    if device.type == "cuda" and args.loop == "ours":
+    if args.loop == "ours":
         row["flops_per_img"] = model_flops_per_image(args, device)
     print(json.dumps(row))
 
@@ -192,6 +272,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile our G and D")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU, if not in the table")
+    ap.add_argument("--json", type=Path, help="also write the table's figures to this JSON file")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="profile a few steps of ours at the last size; JSON of where the time goes",
+    )
     ap.add_argument("--loop", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -206,40 +292,78 @@ def main() -> None:
         return
 
     name = torch.cuda.get_device_name(device) if cuda else f"cpu, {torch.get_num_threads()} threads"
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    if cuda and peak is None:
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        name = f"cpu, {args.threads} threads" if not cuda else name
+    if args.threads and not cuda:
+        name = f"cpu, {args.threads} threads"
+    peak_entry = peak_bf16(name) if cuda else None
+    if args.peak_tflops:
+        peak_entry = ("--peak-tflops", args.peak_tflops * 1e12)
+    peak = peak_entry[1] if peak_entry else None
     print(
         f"device: {name}; torch {torch.__version__}; batch {args.batch}; channels {args.channels}; "
         f"best of {args.repeats} x {args.steps} steps"
     )
+    if peak_entry:
+        print(f"MFU against the bf16 peak of {peak_entry[0]}: {peak / 1e12:.1f} TFLOPS (dense)")
+    elif cuda:
+        print(f"MFU: no bf16 peak known for {name!r}; pass --peak-tflops")
+    else:
+        print("MFU: on CUDA only")
     print(f"{'size':>5}  {'loop':<24} {'img/s':>9} {'peak MiB':>9} {'MFU':>7}")
+    report = {
+        "device": name,
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "channels": args.channels,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "peak_entry": peak_entry[0] if peak_entry else None,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
+        "rows": [],
+        "ratios": {},
+    }
     ratio = None
     for size in args.sizes:
         rows = {}
-        for loop in ("reference", "ours", "ours+aug"):
+        for loop in LOOPS:
             cmd = [sys.executable, __file__, "--loop", loop, "--size", str(size)]
             for flag in ("device", "batch", "channels", "steps", "warmup", "repeats", "threads"):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
             cmd += ["--compile"] if args.compile else []
+            if args.profile and loop == "ours" and size == args.sizes[-1]:
+                cmd += ["--profile", str(args.profile)]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
             if out.returncode:
                 sys.exit(f"{loop} at {size}² failed:\n{out.stderr}")
             rows[loop] = json.loads(out.stdout.strip().splitlines()[-1])
         flops = rows["ours"].get("flops_per_img")
-        for loop, label in (
-            ("reference", "reference (examples)"),
-            ("ours", "ours"),
-            ("ours+aug", "ours + DiffAugment"),
-        ):
+        for loop, label in LOOPS.items():
             r = rows[loop]
-            mfu = f"{flops * r['img_per_sec'] / peak:7.1%}" if flops and peak else f"{'-':>7}"
-            print(f"{size:>5}  {label:<24} {r['img_per_sec']:9.1f} {r['peak_mib']:9.0f} {mfu}")
+            mfu = flops * r["img_per_sec"] / peak if flops and peak else None
+            report["rows"].append({"size": size, "loop": loop, **r, "flops_per_img": flops, "mfu": mfu})
+            shown = f"{mfu:7.1%}" if mfu is not None else f"{'-':>7}"
+            print(f"{size:>5}  {label:<24} {r['img_per_sec']:9.1f} {r['peak_mib']:9.0f} {shown}")
         ratio = rows["ours"]["img_per_sec"] / rows["reference"]["img_per_sec"]
+        report["ratios"][str(size)] = ratio
         print(f"{size:>5}  ours / reference: {ratio:.2f}x")
+    if flops:
+        print(f"model FLOPs per image and step at {args.sizes[-1]}²: {flops / 1e9:.3g} G (FlopCounterMode)")
+    report["ratio"] = ratio
+    if args.profile:
+        prof = report["profile"] = json.loads(args.profile.read_text())
+    if args.profile and "error" in prof:
+        print(f"profile of ours at {args.sizes[-1]}² failed: {prof['error']}")
+    elif args.profile:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(prof["shares"].items(), key=lambda kv: -kv[1]))
+        print(
+            f"ours at {args.sizes[-1]}², {prof['ms_per_step']:.1f} ms of {prof['clock']} time a step: {shares}"
+        )
+        for row in prof["top"][:10]:
+            print(f"  {row['share']:6.1%}  {row['op']} ({row['calls']} calls)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(args.json)
     print(f"ratio: {ratio:.2f}")
 
 

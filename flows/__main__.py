@@ -2,12 +2,14 @@
 
 python -m flows [--stages S ...] [--force] [-S section.key=value ...] [--name EXP]
 python -m flows serve [--cron "0 3 * * *"] [--name mario-gan] [--stages S ...]
+python -m flows deploy --pool NAME [--name mario-gan] [--workdir DIR] [--cron ...] [--stages S ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flows.pipeline_flow import pipeline_flow
 
@@ -71,10 +73,38 @@ def serve_main(argv: list[str]) -> int:
     return 0
 
 
+def deploy_main(argv: list[str]) -> int:
+    from flows.deploy import deploy
+
+    ap = argparse.ArgumentParser(
+        prog="python -m flows deploy",
+        description="Deploy the flow to a process work pool; `prefect worker start --pool NAME` runs it.",
+    )
+    ap.add_argument("--pool", required=True, help="work pool (created as a process pool if missing)")
+    ap.add_argument("--name", default="mario-gan", help="deployment name (default: mario-gan)")
+    ap.add_argument(
+        "--workdir",
+        default=".",
+        help="the clone the workers run in, a path on their machines (default: this clone)",
+    )
+    ap.add_argument("--cron", help='schedule, e.g. "0 3 * * *"')
+    ap.add_argument("--stages", nargs="*", help="stages each run runs (default: all)")
+    ap.add_argument("--force", action="store_true", help="re-run stages even if DVC has them cached")
+    args = ap.parse_args(argv)
+    deployment_id = deploy(args.pool, args.name, args.workdir, args.cron, args.stages, args.force)
+    print(f"deployment mario-gan/{args.name} ({deployment_id}) on work pool {args.pool}")
+    where = Path(args.workdir).resolve()
+    print(f"run it: prefect worker start --pool {args.pool}   (on each machine with a clone at {where})")
+    print(f"        prefect deployment run mario-gan/{args.name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         return serve_main(argv[1:])
+    if argv[:1] == ["deploy"]:
+        return deploy_main(argv[1:])
     return run_main(argv)
 
 

@@ -40,16 +40,25 @@ from prefect.artifacts import (
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
+from pipeline.contracts import (
+    CURATED_REPORT,
+    DEDUP_REPORT,
+    EVALUATE_METRICS,
+    PROCESSED_INDEX,
+    RAW_INDEX,
+    RAW_REJECTED,
+    RAW_REPORT,
+    SAMPLE_GRID,
+    TRAIN_METRICS,
+)
+from pipeline.progress import parse_line
+
 # The two stages the flow treats specially: the network fetch retries, training reports progress.
 DOWNLOAD = "download"
 TRAIN = "train"
 
 CACHED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
 EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
-# A tqdm line such as "train:  50%|#####     | 1.60k/3.20k [00:10<00:10, 160img/s, loss_d=1.2, loss_g=0.5]".
-TQDM = re.compile(
-    r"^(?P<desc>[^:|]+):\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<done>[^/\s]+)/(?P<total>\S+)\s*\[(?P<info>.*)\]"
-)
 GRID_MAX_PX = 1024  # the sample grid is embedded as base64; keep the artifact small
 
 
@@ -74,7 +83,6 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     # Stage commands say `python`: make it this interpreter's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("TQDM_MININTERVAL", "5")  # progress lines every 5 s, not every update
     return env
 
 
@@ -107,7 +115,7 @@ def _stream(args: list[str], repo: str, on_line: Callable[[str], None]) -> tuple
     """Run `dvc ARGS` in `repo`, handing each output line to `on_line`; return (exit code, last lines)."""
     logger = get_run_logger()
     logger.info("$ dvc %s", " ".join(args))
-    # Text mode splits on \r too, so each tqdm refresh arrives as its own line.
+    # Off a terminal the stages' progress comes as whole lines (pipeline/progress.py).
     proc = subprocess.Popen(
         [_dvc(), *args],
         cwd=repo,
@@ -136,19 +144,21 @@ def _dvc_error(what: str, rc: int, tail: list[str]) -> RuntimeError:
 
 
 class TrainProgress:
-    """A progress artifact fed by the stage's tqdm bar, created on its first line."""
+    """A progress artifact fed by the stage's progress lines (pipeline/progress.py), made on the first."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self.artifact_id = None
 
     def feed(self, line: str) -> None:
-        m = TQDM.match(line)
-        if not m or m["desc"].strip() != self.stage:
+        f = parse_line(line)
+        if not f or f["desc"] != self.stage or not f["pct"]:
             return
-        extra = [p.strip() for p in m["info"].split(",")[1:] if "=" in p]
-        desc = f"{self.stage}: {m['done']}/{m['total']} images" + (f", {', '.join(extra)}" if extra else "")
-        self.set(float(m["pct"]), desc)
+        extra = [p for p in f["extra"].split(", ") if "=" in p]  # the losses, not the times
+        desc = f"{self.stage}: {f['done']}/{f['total']} {f['unit']}" + (
+            f", {', '.join(extra)}" if extra else ""
+        )
+        self.set(float(f["pct"]), desc)
 
     def set(self, pct: float, description: str) -> None:
         if self.artifact_id is None:
@@ -248,11 +258,11 @@ def _size(value: object) -> object:
 def stage_counts(repo: str | Path = ".") -> list[dict]:
     """Images per stage, from the reports the stages wrote; a missing report leaves its rows out."""
     root = Path(repo)
-    raw = _read_json(root / "data/raw/report.json")
-    dedup = _read_json(root / "data/dedup/report.json")
-    curate = _read_json(root / "data/curated/report.json")
-    downloaded = _csv_rows(root / "data/raw/index.csv")
-    rejected = raw.get("rejected", _csv_rows(root / "data/raw/rejected.csv"))
+    raw = _read_json(root / RAW_REPORT)
+    dedup = _read_json(root / DEDUP_REPORT)
+    curate = _read_json(root / CURATED_REPORT)
+    downloaded = _csv_rows(root / RAW_INDEX.path)
+    rejected = raw.get("rejected", _csv_rows(root / RAW_REJECTED.path))
     rows = [
         ("download", "downloaded", downloaded),
         ("download", "rejected by the downloader", _size(rejected)),
@@ -263,7 +273,7 @@ def stage_counts(repo: str | Path = ".") -> list[dict]:
         ("curate", "accepted", curate.get("accepted")),
         ("curate", "rejected", curate.get("rejected")),
         ("curate", "pending", curate.get("pending")),
-        ("resize", "processed", _csv_rows(root / "data/processed/index.csv")),
+        ("resize", "processed", _csv_rows(root / PROCESSED_INDEX.path)),
     ]
     return [{"stage": s, "what": w, "count": c} for s, w, c in rows if c is not None]
 
@@ -277,7 +287,7 @@ def metrics_rows(repo: str | Path = ".") -> list[dict]:
             files = r.metrics.show().get("", {}).get("data", {})
         found = {path: entry.get("data", {}) for path, entry in files.items()}
     except Exception:  # DVC could not read them: fall back to the known files
-        found = {p: _read_json(Path(repo) / p) for p in ("dvclive/metrics.json", "metrics/evaluate.json")}
+        found = {p: _read_json(Path(repo) / p) for p in (str(TRAIN_METRICS), str(EVALUATE_METRICS))}
     return [
         {"file": path, "metric": k, "value": round(v, 6) if isinstance(v, float) else v}
         for path, data in sorted(found.items())
@@ -321,13 +331,13 @@ def publish_artifacts(repo: str | Path = ".", outcome: dict[str, str] | None = N
     metrics = metrics_rows(root)
     if metrics:
         create_table_artifact(key="mario-gan-metrics", table=metrics, description="Final metrics")
-    grid = root / "samples/grid.png"
+    grid = root / SAMPLE_GRID
     if grid.exists():
         b64 = base64.b64encode(_grid_png(grid)).decode()
         create_markdown_artifact(
             key="mario-gan-samples",
-            markdown=f"## Samples\n\n![samples/grid.png](data:image/png;base64,{b64})\n",
-            description="samples/grid.png",
+            markdown=f"## Samples\n\n![{SAMPLE_GRID}](data:image/png;base64,{b64})\n",
+            description=str(SAMPLE_GRID),
         )
 
 

@@ -2,8 +2,9 @@
 
 Stages: download, dedup, curate, resize, train, sample, evaluate. `curate` also takes
 status | sync | accept ID... | reject ID... to edit the manifest,
-`review` serves a local page for curating with thumbnails and hotkeys, and
-`sources check [--query Q]` asks each image search engine for one page.
+`review` serves a local page for curating with thumbnails and hotkeys,
+`sources check [--query Q]` asks each image search engine for one page, and
+`export --out DIR` hands over the trained generator (safetensors, config, model card).
 Errors a user can fix print one line and exit with status 2.
 """
 
@@ -14,7 +15,7 @@ import importlib
 import logging
 import sys
 
-from pipeline import generate
+from pipeline import export, generate
 from pipeline.errors import DISK_ERRNOS, PipelineError, disk_error
 from pipeline.params import load_params
 
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     rv.add_argument("--no-browser", action="store_true", help="print the URL, don't open a browser")
     generate.add_arguments(sub.add_parser("generate", help="images from models/ without DVC or params.yaml"))
+    export.add_arguments(
+        sub.add_parser("export", help="hand over the generator: safetensors, config, model card")
+    )
     return ap
 
 
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.stage == "generate":
             generate.main(args)
+            return 0
+        if args.stage == "export":
+            export.main(args)
             return 0
         params = load_params(args.params)
         if args.stage == "curate":

@@ -30,14 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.contracts import (
+    CURATED_ACCEPTED,
+    CURATED_REPORT,
+    DECISIONS,
+    DEDUP_CANDIDATES,
+    DEDUP_GROUPS,
+    MANIFEST_COLUMNS,
+)
 from pipeline.errors import PipelineError
-from pipeline.images import read_csv, write_csv_atomic, write_text_atomic
+from pipeline.images import read_csv, write_text_atomic
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
 
-DECISIONS = ("accept", "reject")
-BASE_FIELDS = ["id", "decision", "note"]
+BASE_FIELDS = list(MANIFEST_COLUMNS)
 MAX_NOTE = 2000  # characters; the review page and `curate --note` refuse longer notes
 MAX_FIELD = 10_000  # characters per cell on reading; longer is a stray quote or a pasted blob
 LOCK_TIMEOUT = 30.0  # seconds to wait for another writer of the manifest
@@ -107,7 +114,7 @@ def _keys(header: list[str]) -> tuple[list[str], dict[str, str]]:
     return keys, labels
 
 
-def parse_manifest(text: str, name: str = "manifest.csv") -> Manifest:
+def parse_manifest(text: str, name: str = paths.MANIFEST.name) -> Manifest:
     """Parse manifest text; raises ManifestError naming `name` and the line.
 
     Strict, because a silent misreading loses decisions: a row must sit on one
@@ -331,16 +338,13 @@ def summarize(manifest: Manifest, candidate_ids: list[str], groups: dict[str, st
     return Summary(by["accept"], by["reject"], by[""], orphaned, inherited, conflicts)
 
 
-def candidates(params: Params) -> list[dict[str, str]]:
-    path = paths.DEDUP / "candidates.csv"
-    if not path.exists():
-        raise PipelineError(f"{path}: not found; run `dvc repro dedup` first")
-    return read_csv(path)
+def candidates(params: Params) -> list[dict]:
+    return DEDUP_CANDIDATES.read()
 
 
 def _load(params: Params) -> tuple[list[dict[str, str]], dict[str, str], Manifest, Summary]:
     cands = candidates(params)
-    groups = read_groups(paths.DEDUP / "groups.csv")
+    groups = read_groups(DEDUP_GROUPS.path)
     manifest = read_manifest(paths.MANIFEST)
     return cands, groups, manifest, summarize(manifest, [c["id"] for c in cands], groups)
 
@@ -356,10 +360,7 @@ def run(params: Params) -> Summary:
             "accept some with `python -m pipeline review` or `python -m pipeline curate accept ID...` "
             "(or `--all-pending`), or set decision=accept in the manifest, then re-run"
         )
-    out = paths.CURATED
-    write_csv_atomic(
-        out / "accepted.csv",
-        ["id", "file"],
+    CURATED_ACCEPTED.write(
         ({"id": c["id"], "file": c["file"]} for c in cands if c["id"] in chosen),
     )
     report = {
@@ -375,7 +376,7 @@ def run(params: Params) -> Summary:
         "inherited_from_duplicates": s.inherited,
         "conflicting_duplicates": s.conflicts,
     }
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(CURATED_REPORT, json.dumps(report, indent=2) + "\n")
     if s.pending:
         how = "included" if p.include_pending else "excluded (set curate.include_pending to use them)"
         log.warning("curate: %d pending candidates %s: %s", len(s.pending), how, ", ".join(s.pending[:10]))
@@ -440,7 +441,7 @@ def _decide(params: Params, decision: str, ids: list[str], note: str | None, all
     if unknown:
         raise PipelineError(
             f"unknown image id {unknown[0]}: not a candidate in "
-            f"{paths.DEDUP}/candidates.csv nor in {paths.MANIFEST}"
+            f"{DEDUP_CANDIDATES.path} nor in {paths.MANIFEST}"
         )
     targets = [kept_id(groups, i) for i in ids]
     for i, t in zip(ids, targets, strict=True):

@@ -8,11 +8,11 @@ Three steps, each usable alone:
   group(...)                best image first; each image joins the kept image it is
                             verified against, never another member, so groups never chain
 
-Verification compares the thumbnails: the best Pearson correlation over shifts
-of up to 2 pixels (and against the other's centre-crop thumbnail, for crops),
-then the mean colour difference on the foreground at that alignment. Hashes
-only see luminance at low frequency; the colour check is what separates a red
-plumber from a green one, and a circle from a rounded square, on white.
+Verification (verify, verify_pairs) compares the thumbnails: the best Pearson
+correlation of their smoothed luma over the overlap, displaced by up to 2 pixels
+(and against the other's centre-crop thumbnail, for crops), then the mean colour
+difference on the foreground at that alignment. The README's "Deduplication"
+section explains the steps and why each measure is the one it is.
 """
 
 from __future__ import annotations
@@ -149,7 +149,22 @@ def _keys(bits: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
-_JOB: dict = {}  # the index, shared with forked workers without pickling
+# The index (or the thumbnails), shared with forked workers without pickling.
+_SHARED_WITH_WORKERS: dict = {}
+
+
+@dataclass(frozen=True)
+class _ChunkTable:
+    """One chunk's lookup table: the items bucketed by their key in this chunk."""
+
+    counts: np.ndarray  # items per key
+    starts: np.ndarray  # where each key's bucket starts in key order
+    item_order: np.ndarray  # item indices in key order
+    query_order: np.ndarray  # query indices in key order (the items' own in a self-join)
+    query_keys_sorted: np.ndarray  # the queries' keys, in key order
+    zero_at_bit: list[np.ndarray]  # self-join: key-order positions whose key has bit b clear
+    queries: np.ndarray  # packed query hashes, in key order
+    items: np.ndarray  # packed item hashes, in key order
 
 
 def _flips(b: int, r: int) -> list[int]:
@@ -165,49 +180,55 @@ def _chunk_masks(chunks: list[tuple[int, int]], words: int) -> np.ndarray:
 
 
 def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query, item) within the threshold found through chunk c with these flips.
+    """Pairs (query, item) within the threshold found through one chunk's table with
+    these bit flips of the query keys.
 
     Queries are visited in key order, so the table lookups for key ^ flip stay
     close together in memory.
     """
-    c, flips = task
-    j = _JOB
-    counts, starts, order, qorder, qsorted, low, queries, items = j["chunks"][c]
-    masks, radii, t, self_join = j["masks"], j["radii"], j["threshold"], j["self_join"]
-    qs, its = [], []
-    for f in flips:
-        if self_join and f:
+    chunk, flips = task
+    shared = _SHARED_WITH_WORKERS
+    table = shared["chunks"][chunk]
+    masks, radii, threshold = shared["masks"], shared["radii"], shared["threshold"]
+    self_join = shared["self_join"]
+    found_queries, found_items = [], []
+    for flip in flips:
+        if self_join and flip:
             # A pair is met from both ends with the same flip; only the end whose key
             # has a 0 at the flip's top bit looks. (Flip 0: the lower index, below.)
-            qpos = low[f.bit_length() - 1]
-            k = qsorted[qpos] ^ f
+            query_positions = table.zero_at_bit[flip.bit_length() - 1]
+            keys = table.query_keys_sorted[query_positions] ^ flip
         else:
-            qpos = None
-            k = qsorted ^ f
-        cnt = counts[k]
-        hit = np.flatnonzero(cnt)
-        if not len(hit):
+            query_positions = None
+            keys = table.query_keys_sorted ^ flip
+        bucket_sizes = table.counts[keys]
+        hits = np.flatnonzero(bucket_sizes)
+        if not len(hits):
             continue
-        cn = cnt[hit]
+        sizes = bucket_sizes[hits]
         # Positions in key order of each candidate's query and item.
-        qp = np.repeat(hit if qpos is None else qpos[hit], cn)
-        ip = np.repeat(starts[k[hit]] - (np.cumsum(cn) - cn), cn) + np.arange(len(qp))
-        x = queries[qp] ^ items[ip]
-        ok = np.flatnonzero(_popcount(x) <= t)
-        qrep, it, x = qorder[qp[ok]], order[ip[ok]], x[ok]
-        if self_join and f == 0:
-            low_first = qrep < it
-            qrep, it, x = qrep[low_first], it[low_first], x[low_first]
-        if c:  # drop the pairs an earlier chunk finds
-            new = np.ones(len(x), bool)
-            for c2 in range(c):
-                new &= _popcount(x & masks[c2]) > radii[c2]
-            qrep, it = qrep[new], it[new]
-        qs.append(qrep)
-        its.append(it)
-    if not qs:
+        query_at = np.repeat(hits if query_positions is None else query_positions[hits], sizes)
+        item_at = np.repeat(table.starts[keys[hits]] - (np.cumsum(sizes) - sizes), sizes) + np.arange(
+            len(query_at)
+        )
+        differ = table.queries[query_at] ^ table.items[item_at]
+        close = np.flatnonzero(_popcount(differ) <= threshold)
+        query = table.query_order[query_at[close]]
+        item = table.item_order[item_at[close]]
+        differ = differ[close]
+        if self_join and flip == 0:
+            lower_first = query < item
+            query, item, differ = query[lower_first], item[lower_first], differ[lower_first]
+        if chunk:  # drop the pairs an earlier chunk finds
+            new = np.ones(len(differ), bool)
+            for earlier in range(chunk):
+                new &= _popcount(differ & masks[earlier]) > radii[earlier]
+            query, item = query[new], item[new]
+        found_queries.append(query)
+        found_items.append(item)
+    if not found_queries:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(qs).astype(np.int64), np.concatenate(its).astype(np.int64)
+    return np.concatenate(found_queries).astype(np.int64), np.concatenate(found_items).astype(np.int64)
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -245,8 +266,10 @@ def near_pairs(
         qsorted = qkeys[qorder, c].astype(np.int32)
         low = [np.flatnonzero((qsorted >> b) & 1 == 0) for b in range(hi - lo)] if self_join else []
         # The hashes in key order too: a bucket's candidates lie in consecutive memory.
-        tables.append((counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order]))
-    _JOB.update(
+        tables.append(
+            _ChunkTable(counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order])
+        )
+    _SHARED_WITH_WORKERS.update(
         chunks=tables,
         masks=_flat(_chunk_masks(chunks, words)),
         radii=radii,
@@ -265,7 +288,7 @@ def near_pairs(
         else:
             parts = [_search(t) for t in tasks]
     finally:
-        _JOB.clear()
+        _SHARED_WITH_WORKERS.clear()
     q = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     i = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     return (np.minimum(q, i), np.maximum(q, i)) if self_join else (q, i)
@@ -311,47 +334,93 @@ def _rgb_sum(x: np.ndarray) -> np.ndarray:
     return x[..., 0] + x[..., 1] + x[..., 2]
 
 
+SIDE = 2 * SHIFT + 1
+# Displacement k (0 .. SIDE² - 1) pairs a[y, x] with b[y + dy, x + dx] over their overlap.
+DISPLACEMENTS = [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
+FLAT_RMS = 3.0  # a thumbnail part whose luma (0-765) varies less than this (RMS) is flat
+LUMA = np.array([0.299, 0.587, 0.114], np.float32) * 3  # Rec. 601, scaled to R+G+B's 0-765
+
+
+def _overlap(d: int) -> slice:
+    """Rows (or columns) of the first image that overlap the second at displacement d."""
+    return slice(max(0, -d), THUMB - max(0, d))
+
+
+_DY, _DX = np.array(DISPLACEMENTS).T
+_N = ((THUMB - np.abs(_DY)) * (THUMB - np.abs(_DX))).astype(np.float64)  # overlap sizes
+_MIRROR = len(DISPLACEMENTS) - 1 - np.arange(len(DISPLACEMENTS))  # the index of -d
+
+
+def _smooth(f: np.ndarray) -> np.ndarray:
+    """[1 2 1] / 4 along the last two axes, edges repeated."""
+    y = np.concatenate([f[..., :1, :], f, f[..., -1:, :]], axis=-2)
+    y = y[..., :-2, :] + 2 * y[..., 1:-1, :] + y[..., 2:, :]
+    y = np.concatenate([y[..., :1], y, y[..., -1:]], axis=-1)
+    return (y[..., :-2] + 2 * y[..., 1:-1] + y[..., 2:]) / 16
+
+
 @dataclass(frozen=True)
-class _Grey:
-    """What the correlation needs of a set of thumbnails: computed once per image, not
-    once per candidate pair (images recur in pairs)."""
+class _Prepared:
+    """What the correlation needs of a set of thumbnails: computed once per image, not once
+    per candidate pair (images recur in pairs)."""
 
-    grey: np.ndarray  # (u, 32, 32) float32, R+G+B
-    inner: np.ndarray  # (u, n, n) float32: the grey inner window, zero mean, unit norm
-    norm: np.ndarray  # (u, shifts) centred L2 norm of each shifted grey window
-
-
-def _prepare_grey(t: np.ndarray) -> _Grey:
-    grey = _rgb_sum(t.astype(np.float32))
-    u, n = len(grey), grey.shape[1] - 2 * SHIFT
-    ig = grey[:, SHIFT:-SHIFT, SHIFT:-SHIFT].reshape(u, -1)
-    ig = ig - ig.mean(axis=1, keepdims=True)
-    ig /= np.sqrt((ig * ig).sum(axis=1, keepdims=True)) + 1e-3
-    # Every shifted window's sum at once: W @ grey @ W.T, W selecting each shift's rows.
-    side = 2 * SHIFT + 1
-    r, dy = np.arange(grey.shape[1]), np.arange(side)[:, None]
-    w = (r >= dy) & (r < dy + n)  # (side, 32)
-    # float64: s2 - s²/n² cancels badly in float32 on near-flat windows.
-    g64, w = grey.astype(np.float64), w.astype(np.float64)
-    s = (w @ g64 @ w.T).reshape(u, -1)
-    s2 = (w @ (g64 * g64) @ w.T).reshape(u, -1)
-    norm = (np.sqrt(np.maximum(s2 - s * s / (n * n), 0)) + 1e-3).astype(np.float32)
-    return _Grey(grey, ig.reshape(u, n, n), norm)
+    luma: np.ndarray  # (u, 32, 32) float32: luma minus its mean
+    sums: np.ndarray  # (u, SIDE²) float64: luma sums over the image's overlap part, per d
+    squares: np.ndarray  # (u, SIDE²) float64: sums of squares there
 
 
-def _correlate(pa: _Grey, ia: np.ndarray, pb: _Grey, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best Pearson correlation of a's inner window with b's windows over the shifts, and
-    that shift's index."""
-    n = pa.inner.shape[1]
-    side = 2 * SHIFT + 1
-    ig, grey = pa.inner[ia], pb.grey[ib]
-    corr = np.empty((len(ia), side * side), np.float32)
-    for k in range(side * side):
-        dy, dx = divmod(k, side)
-        corr[:, k] = np.einsum("pij,pij->p", ig, grey[:, dy : dy + n, dx : dx + n])
-    corr /= pb.norm[ib]
+# Row k selects the rows (or columns) of the first image's overlap at displacement k - SHIFT.
+_SELECT = np.array(
+    [[_overlap(d).start <= i < _overlap(d).stop for i in range(THUMB)] for d in range(-SHIFT, SHIFT + 1)]
+)
+
+
+def _region_sums(x: np.ndarray) -> np.ndarray:
+    """(u, 32, 32) -> (u, SIDE²): sums over the first image's overlap part for each
+    displacement, as S @ x @ S.T (the same matrix picks rows and columns)."""
+    s = _SELECT.astype(x.dtype)
+    return (s @ x @ s.T).reshape(len(x), -1)
+
+
+def _prepare(t: np.ndarray) -> _Prepared:
+    """Thumbnails (u, 32, 32, 3) uint8, as luma (Rec. 601 weights x 3, so 0-765 like
+    R+G+B): unlike a plain R+G+B, it tells red from blue, so a red-and-blue picture is not
+    flat. Minus its mean, so the sums below lose nothing to cancellation."""
+    f = t.reshape(-1, 3).astype(np.float32) @ LUMA
+    # Smoothed: a thin stroke moved by half a pixel (a crop, a rescale) still overlaps itself.
+    f = _smooth(f.reshape(t.shape[:3]))
+    f -= f.mean(axis=(1, 2), keepdims=True)
+    f64 = f.astype(np.float64)
+    return _Prepared(f, _region_sums(f64), _region_sums(f64 * f64))
+
+
+def _correlate(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best Pearson correlation of images a and b over their overlap, across the
+    displacements, and that displacement's index. Symmetric: a at d is b at -d.
+
+    Rule for flat parts (luma RMS below FLAT_RMS, where a correlation would be noise over
+    noise): both flat -> 1, and the colour check decides; one flat -> 0. Clamped to [-1, 1].
+    """
+    ga, gb = pa.luma[ia], pb.luma[ib]
+    raw = np.empty((len(ia), len(DISPLACEMENTS)))
+    for k, (dy, dx) in enumerate(DISPLACEMENTS):
+        # sum over the overlap of a[i, j] * b[i + dy, j + dx]
+        raw[:, k] = np.einsum(
+            "pij,pij->p", ga[:, _overlap(dy), _overlap(dx)], gb[:, _overlap(-dy), _overlap(-dx)]
+        )
+    sa, sb = pa.sums[ia], pb.sums[ib][:, _MIRROR]
+    cov = raw - sa * sb / _N
+    var_a = np.maximum(pa.squares[ia] - sa * sa / _N, 0)
+    var_b = np.maximum(pb.squares[ib][:, _MIRROR] - sb * sb / _N, 0)
+    flat_a, flat_b = var_a < FLAT_RMS**2 * _N, var_b < FLAT_RMS**2 * _N
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
+    corr = np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), corr).astype(np.float32)
+    rows = np.arange(len(ia))
     best = corr.argmax(axis=1)
-    return corr[np.arange(len(ia)), best], best
+    centre = len(DISPLACEMENTS) // 2
+    best[corr[rows, centre] >= corr[rows, best]] = centre  # ties (flat parts): no displacement
+    return corr[rows, best], best
 
 
 def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,44 +430,61 @@ def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f, _rgb_sum(np.abs(f - _background(f)[:, None, None])) > FOREGROUND
 
 
+GAIN = 1.5  # brightness is matched up to this factor either way
+
+
 def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] (inner window) and
-    f[ib[k]] (window at `shift`), after matching brightness, over the pixels that are
-    foreground in either: hashes and correlation see luminance only."""
-    p, n = len(ia), f.shape[1] - 2 * SHIFT
-    aw = f[ia, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    faw = fg[ia, SHIFT:-SHIFT, SHIFT:-SHIFT]
-    bw = np.empty_like(aw)
-    fbw = np.empty_like(faw)
-    # Grouped by shift, each window is a plain slice: much cheaper than a per-pixel gather.
+    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] and f[ib[k]] over
+    their overlap at displacement shift[k], after matching brightness, over the pixels
+    that are foreground in either (all of them when neither has any): hashes and the
+    correlation are blind to a uniform change of colour. Symmetric in a and b."""
+    out = np.empty(len(ia), np.float32)
+    # Grouped by displacement, each window is a plain slice: much cheaper than a gather.
     for k in np.unique(shift).tolist():
         sel = np.flatnonzero(shift == k)
-        dy, dx = divmod(k, 2 * SHIFT + 1)
-        bw[sel] = f[ib[sel], dy : dy + n, dx : dx + n]
-        fbw[sel] = fg[ib[sel], dy : dy + n, dx : dx + n]
-    gain = aw.reshape(p, -1).mean(axis=1) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
-    err = _rgb_sum(np.abs(aw - gain[:, None, None, None] * bw)).reshape(p, -1) / 3
-    mask = (faw | fbw).reshape(p, -1)
-    return ((err * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)).astype(np.float32)
+        dy, dx = DISPLACEMENTS[k]
+        aw = f[ia[sel], _overlap(dy), _overlap(dx)]
+        bw = f[ib[sel], _overlap(-dy), _overlap(-dx)]
+        mask = fg[ia[sel], _overlap(dy), _overlap(dx)] | fg[ib[sel], _overlap(-dy), _overlap(-dx)]
+        p = len(sel)
+        gain = (aw.reshape(p, -1).mean(axis=1) + 1e-3) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
+        root = np.sqrt(np.clip(gain, 1 / GAIN, GAIN))[:, None, None, None]
+        err = (_rgb_sum(np.abs(aw / root - bw * root)) / 3).reshape(p, -1)
+        mask = mask.reshape(p, -1)
+        mask[~mask.any(axis=1)] = True
+        out[sel] = (err * mask).sum(axis=1) / mask.sum(axis=1)
+    return out
 
 
 def verify(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compare thumbnails a[k] and b[k], each (P, 32, 32, 3) uint8.
 
-    Returns (correlation, colour difference): the best Pearson correlation of a's
-    inner window with b shifted by up to SHIFT pixels, and at that shift the mean
-    absolute colour difference (0-255, after matching brightness) over the pixels
-    that are foreground in either.
+    Returns (correlation, colour difference): the best Pearson correlation in [-1, 1] of
+    the two over their overlap, displaced by up to SHIFT pixels each way, and at that
+    displacement the mean absolute colour difference (0-255, after matching brightness)
+    over the pixels that are foreground in either. Symmetric in a and b.
     """
     if not len(a):
         return np.empty(0, np.float32), np.empty(0, np.float32)
     k = np.arange(len(a))
-    score, shift = _correlate(_prepare_grey(a), k, _prepare_grey(b), k)
+    score, shift = _correlate(_prepare(a), k, _prepare(b), k)
     f, fg = _colour_prep(np.concatenate([a, b]))
     return score, _colour(f, fg, k, k + len(a), shift)
 
 
 RECHECK = 0.95  # below this whole-thumbnail correlation, the centre crops are compared too
+
+
+def _colour_of(
+    thumbs: np.ndarray, x: np.ndarray, y: np.ndarray, which: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    """Colour difference of pairs x[k] ~ y[k] at comparison which[k] (0 own~own, 1 own~crop,
+    2 crop~own) and displacement shift[k]."""
+    # Thumbnails as rows of (n * 2): image i's own is 2i, its centre crop 2i + 1.
+    ka, kb = 2 * x + (which == 2), 2 * y + (which == 1)
+    keys, inv = np.unique(np.concatenate([ka, kb]), return_inverse=True)
+    f, fg = _colour_prep(thumbs.reshape(-1, *thumbs.shape[2:])[keys])
+    return _colour(f, fg, inv[: len(x)], inv[len(x) :], shift)
 
 
 def verify_pairs(
@@ -407,26 +493,31 @@ def verify_pairs(
     b: np.ndarray,
     workers: int = 1,
     min_score: float = -1.0,
-    block: int = 1024,
+    max_colour: float = 255.0,
+    block: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)).
+    """Verify images a[k] ~ b[k] (thumbs is (n, 2, 32, 32, 3)); returns (correlation,
+    colour difference) of the comparison that counts.
 
-    The correlation is the best of: own thumbnails, and (where that is below RECHECK,
-    as after a crop) each against the other's centre crop. The colour difference is
-    measured at that best comparison and shift, only for pairs scoring at least
-    `min_score` (NaN for the others: they fail anyway). Works in blocks (on `workers`
-    processes when there are many), so memory stays small for any number of pairs.
+    The own thumbnails are compared first. Where that correlation is below RECHECK, or
+    its colour difference above `max_colour` (a crop scales the content, and the edges
+    then differ in colour even where the smoothed correlation stays high), each image
+    is also compared with the other's centre crop. The comparison that counts is the
+    best-correlated one that passes both limits, else the best-correlated one. The
+    colour is only measured for comparisons scoring at least `min_score` (NaN for the
+    others: they fail anyway). Works in blocks (on `workers` processes when there are
+    many), so memory stays small for any number of pairs.
     """
     if workers > 1 and len(a) > 4 * block and "fork" in multiprocessing.get_all_start_methods():
-        _JOB["thumbs"] = thumbs
+        _SHARED_WITH_WORKERS["thumbs"] = thumbs
         try:
             size = max(block, -(-len(a) // (2 * workers)))
             cuts = range(0, len(a), size)
-            jobs = [(a[s : s + size], b[s : s + size], min_score) for s in cuts]
+            jobs = [(a[s : s + size], b[s : s + size], min_score, max_colour) for s in cuts]
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 parts = pool.starmap(_verify_part, jobs)
         finally:
-            _JOB.clear()
+            _SHARED_WITH_WORKERS.clear()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     score = np.empty(len(a), np.float32)
     colour = np.full(len(a), np.nan, np.float32)
@@ -435,30 +526,45 @@ def verify_pairs(
         # Each image once per block, however many of its pairs the block holds.
         ids, inv = np.unique(np.concatenate([x, y]), return_inverse=True)
         ix, iy = inv[: len(x)], inv[len(x) :]
-        own = _prepare_grey(thumbs[ids, 0])
+        own = _prepare(thumbs[ids, 0])
         best, shift = _correlate(own, ix, own, iy)
-        which = np.zeros(len(x), np.int8)  # 0 own~own, 1 own~crop, 2 crop~own
-        again = np.flatnonzero(best < RECHECK)
-        if len(again):
-            crop = _prepare_grey(thumbs[ids, 1])
-            for w, (pi, pj) in enumerate(((own, crop), (crop, own)), start=1):
-                sc, sh = _correlate(pi, ix[again], pj, iy[again])
-                better = sc > best[again]
-                best[again[better]], shift[again[better]], which[again[better]] = sc[better], sh[better], w
-        score[s : s + block] = best
+        col = np.full(len(x), np.nan, np.float32)
         sure = np.flatnonzero(best >= min_score)
-        if len(sure):
-            # Thumbnails as rows of (n * 2): image i's own is 2i, its centre crop 2i + 1.
-            ka = 2 * x[sure] + (which[sure] == 2)
-            kb = 2 * y[sure] + (which[sure] == 1)
-            keys, inv = np.unique(np.concatenate([ka, kb]), return_inverse=True)
-            f, fg = _colour_prep(thumbs.reshape(-1, *thumbs.shape[2:])[keys])
-            colour[s + sure] = _colour(f, fg, inv[: len(sure)], inv[len(sure) :], shift[sure])
+        col[sure] = _colour_of(thumbs, x[sure], y[sure], np.zeros(len(sure), np.int8), shift[sure])
+        again = np.flatnonzero((best < RECHECK) | (col > max_colour))
+        if len(again):
+            # Centre crops only of the images in these pairs.
+            need, cinv = np.unique(np.concatenate([x[again], y[again]]), return_inverse=True)
+            crop = _prepare(thumbs[need, 1])
+            cx, cy = cinv[: len(again)], cinv[len(again) :]
+            ok = (best[again] >= min_score) & (col[again] <= max_colour)
+            for w, (pi, i, pj, j) in enumerate(
+                ((own, ix[again], crop, cy), (crop, cx, own, iy[again])), start=1
+            ):
+                sc, sh = _correlate(pi, i, pj, j)
+                c = np.full(len(again), np.nan, np.float32)
+                # Colour only where it can change the choice: below min_score it fails, and
+                # a comparison that correlates no better cannot displace one that passes.
+                passed = np.flatnonzero((sc >= min_score) & (~ok | (sc > best[again])))
+                c[passed] = _colour_of(
+                    thumbs, x[again[passed]], y[again[passed]], np.full(len(passed), w), sh[passed]
+                )
+                good = (sc >= min_score) & (c <= max_colour)
+                # Better: it passes where the best so far does not, or both (or neither) pass
+                # and it correlates higher.
+                better = (good & ~ok) | ((good == ok) & (sc > best[again]))
+                k = again[better]
+                best[k], shift[k], col[k] = sc[better], sh[better], c[better]
+                ok |= good
+        score[s : s + block] = best
+        colour[s : s + block] = col
     return score, colour
 
 
-def _verify_part(a: np.ndarray, b: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
-    return verify_pairs(_JOB["thumbs"], a, b, min_score=min_score)
+def _verify_part(
+    a: np.ndarray, b: np.ndarray, min_score: float, max_colour: float
+) -> tuple[np.ndarray, np.ndarray]:
+    return verify_pairs(_SHARED_WITH_WORKERS["thumbs"], a, b, min_score=min_score, max_colour=max_colour)
 
 
 # --- grouping ---------------------------------------------------------------------------

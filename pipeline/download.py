@@ -39,8 +39,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import contracts, paths, sources, synthetic
 from pipeline.errors import DISK_ERRNOS, PipelineError
 from pipeline.fetch import (
@@ -63,6 +61,7 @@ from pipeline.images import (
     write_text_atomic,
 )
 from pipeline.params import DownloadParams, Params
+from pipeline.progress import progress
 from pipeline.search import EngineError, keep_licensed
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ TRUTH_FIELDS = contracts.RAW_TRUTH.columns
 
 def _synthetic(p: DownloadParams, out: Path) -> tuple[list[dict], list[dict]]:
     index, truth = [], []
-    for i in tqdm(range(p.count), desc="download (synthetic)", unit="img"):
+    for i in progress(range(p.count), desc="download (synthetic)", unit="img"):
         item = synthetic.render(p.seed, i)
         path = out / f"{item.id}.{item.ext}"
         write_bytes_atomic(path, item.data)
@@ -213,7 +212,7 @@ def _folder(p: DownloadParams, out: Path) -> list[tuple[Task, Outcome]]:
     tasks = [Task(sources.printable(f), "", "", "folder") for f in files]
     with ThreadPoolExecutor(max_workers=p.workers) as pool:
         jobs = pool.map(lambda f: _import(f, p, out), files)
-        outcomes = list(tqdm(jobs, total=len(files), desc=f"folder: {p.folder}", unit="img"))
+        outcomes = list(progress(jobs, total=len(files), desc=f"folder: {p.folder}", unit="img"))
     return list(zip(tasks, outcomes, strict=True))
 
 

@@ -8,12 +8,13 @@ floor: SWD between two random halves of the training set, i.e. what two
 samples of real images score. Lower is better; near the floor is as good as
 this many real images can show.
 
-Output: metrics/evaluate.json (a DVC metric, so `dvc exp show` lists it):
-  swd_avg, swd_<res>...           generated vs training set, x1e3
-  floor_swd_avg, floor_swd_<res>  real half vs real half, x1e3
-  swd_over_floor                  swd_avg / floor_swd_avg
-  generated, real                 image counts
-  fid, kid, kid_std               only with evaluate.inception_weights and torch-fidelity
+Output: metrics/evaluate.json (a DVC metric, so `dvc exp show` lists it as swd.avg, ...),
+grouped so that one regex picks a group:
+  swd/avg, swd/<res>...           generated vs training set, x1e3
+  swd/over_floor                  swd/avg / floor/avg
+  floor/avg, floor/<res>...       real half vs real half, x1e3
+  images/generated, images/real   image counts
+  inception/fid, /kid, /kid_std   only with evaluate.inception_weights and torch-fidelity
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline import paths
+from pipeline.contracts import PROCESSED_INDEX
 from pipeline.errors import PipelineError
 from pipeline.images import write_text_atomic
 from pipeline.params import EvaluateParams, Params
@@ -91,7 +93,7 @@ def fid_kid(
     }
 
 
-def run(params: Params) -> dict[str, float]:
+def run(params: Params) -> dict[str, dict[str, float]]:
     """Write metrics/evaluate.json and return its values."""
     p = params.evaluate
     device = pick_device(params.train.device)
@@ -100,7 +102,7 @@ def run(params: Params) -> dict[str, float]:
     real = load_dataset(paths.PROCESSED, resolution)
     if real.shape[0] < 2:
         raise PipelineError(
-            f"{paths.PROCESSED / 'index.csv'}: evaluate needs at least 2 training images for the "
+            f"{PROCESSED_INDEX.path}: evaluate needs at least 2 training images for the "
             f"real-vs-real floor, got {real.shape[0]}"
         )
     gen = torch.Generator(device="cpu").manual_seed(p.seed)
@@ -110,12 +112,16 @@ def run(params: Params) -> dict[str, float]:
     swd = multiscale_swd(fake.to(device), real.to(device), **kw)
     half_a, half_b = split_halves(real, p.seed)
     floor = multiscale_swd(half_a.to(device), half_b.to(device), **kw)
-    metrics: dict[str, float] = dict(swd)
-    metrics |= {f"floor_{k}": v for k, v in floor.items()}
+    level = lambda k: k.removeprefix("swd_")  # noqa: E731 swd_avg -> avg, swd_64 -> 64
+    metrics: dict[str, dict[str, float]] = {
+        "swd": {level(k): v for k, v in swd.items()},
+        "floor": {level(k): v for k, v in floor.items()},
+        "images": {"generated": p.n, "real": real.shape[0]},
+    }
     if floor["swd_avg"] > 0:  # zero only when the halves hold the same images
-        metrics["swd_over_floor"] = swd["swd_avg"] / floor["swd_avg"]
-    metrics |= {"generated": p.n, "real": real.shape[0]}
-    metrics |= fid_kid(fake, real, p, device)
+        metrics["swd"]["over_floor"] = swd["swd_avg"] / floor["swd_avg"]
+    if inception := fid_kid(fake, real, p, device):
+        metrics["inception"] = inception
     write_text_atomic(METRICS, json.dumps(metrics, indent=2) + "\n")
     log.info("evaluate: SWD %.2f, real-vs-real floor %.2f -> %s", swd["swd_avg"], floor["swd_avg"], METRICS)
     return metrics

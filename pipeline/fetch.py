@@ -29,11 +29,11 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from tqdm import tqdm
 
 from pipeline.errors import DISK_ERRNOS
 from pipeline.images import FILE_MODE, ImageError, probe
 from pipeline.params import DownloadParams
+from pipeline.progress import progress
 
 SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
@@ -314,7 +314,7 @@ class Fetcher:
         out: list[Outcome | None] = [None] * len(tasks)
         with (
             ThreadPoolExecutor(max_workers=self.workers) as pool,
-            tqdm(total=len(tasks), desc=desc, unit="img") as bar,
+            progress(total=len(tasks), desc=desc, unit="img") as bar,
             Log(self.store) as log,
         ):
             futures = {pool.submit(self.fetch, t): i for i, t in enumerate(tasks)}

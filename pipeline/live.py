@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline import paths
+from pipeline.contracts import TRAIN_CURVES, TRAIN_METRICS
 from pipeline.images import write_text_atomic
 
 log = logging.getLogger("pipeline.train")  # the train stage's lines, under the stage's name
@@ -43,7 +44,7 @@ def clear_curves() -> None:
     run's curves survive when DVCLive cannot start (the outputs persist in dvc.yaml)."""
     for sub in ("metrics", "images"):
         shutil.rmtree(paths.DVCLIVE / "plots" / sub, ignore_errors=True)
-    (paths.DVCLIVE / "metrics.json").unlink(missing_ok=True)
+    TRAIN_METRICS.unlink(missing_ok=True)
 
 
 class Logger:
@@ -56,7 +57,7 @@ class Logger:
             return
         try:
             if resume_step:
-                trim_curves(paths.DVCLIVE / "plots" / "metrics", resume_step)
+                trim_curves(TRAIN_CURVES, resume_step)
             else:
                 clear_curves()
         except OSError as exc:  # the curves are a convenience: never stop training for them

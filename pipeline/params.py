@@ -82,7 +82,7 @@ class DownloadParams:
     @property
     def sources(self) -> list[str]:
         """download.source as a list: `bing` and `[bing]` are the same."""
-        return [self.source] if isinstance(self.source, str) else list(self.source)
+        return list(self.source) if isinstance(self.source, list) else [self.source]
 
     def engine_url(self, engine: str) -> str:
         """download.search_url for one engine: its entry in a mapping, or the string for a one-engine run."""
@@ -182,9 +182,10 @@ class DownloadParams:
                 _fail(name, "ddg takes no URL; ddgs reads a proxy from the DDGS_PROXY environment variable")
             else:
                 _check(
-                    not url or url.startswith(("http://", "https://")),
+                    not url or (url.startswith(("http://", "https://")) and "{" not in url),
                     name,
-                    f"must be an http(s) URL of the engine's endpoint, or empty for its own, got {url!r}",
+                    f"must be the http(s) URL of the engine's endpoint (the query is added to it; "
+                    f"no {{query}} or {{offset}}), or empty for its own, got {url!r}",
                 )
 
 
@@ -406,6 +407,9 @@ def _check(ok: bool, name: str, message: str) -> None:
         _fail(name, message)
 
 
+_FORMS = {str: "a string", list: "a list", dict: "a mapping", int: "a whole number", float: "a number"}
+
+
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -413,8 +417,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or value not in choices:
             _fail(name, f"must be one of {', '.join(map(str, choices))}, got {_show(value)}")
         return value
-    if origin is list or origin is types.UnionType:
-        return value  # the section's validate() says what the items (or which form) must be
+    if origin is types.UnionType:
+        forms = tuple(typing.get_origin(a) or a for a in typing.get_args(annotation))
+        if isinstance(value, bool) or not isinstance(value, forms):
+            _fail(name, f"must be {' or '.join(_FORMS[f] for f in forms)}, got {_show(value)}")
+        return value  # the section's validate() says what the items must be
+    if origin is list:
+        return value  # the section's validate() says what the items must be
     if annotation is bool:
         if not isinstance(value, bool):
             _fail(name, f"must be true or false, got {_show(value)}")

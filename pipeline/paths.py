@@ -19,4 +19,5 @@ EVALUATE_METRICS = Path("metrics/evaluate.json")
 
 # Caches outside DVC's outputs and git: they survive `dvc repro` deleting outputs.
 DOWNLOAD_CACHE = Path(".cache/download")
+DEDUP_CACHE = Path(".cache/dedup")
 REVIEW_CACHE = Path(".cache/review")

@@ -33,10 +33,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline import contracts, paths
-from pipeline.errors import PipelineError
 from pipeline.images import (
     RGB,
     Box,
@@ -45,23 +43,12 @@ from pipeline.images import (
     decode,
     read_csv,
     save_image_atomic,
-    write_csv_atomic,
 )
 from pipeline.params import Params, ResizeParams, parse_color
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
-INDEX_FIELDS = [
-    "id",
-    "file",
-    "source_width",
-    "source_height",
-    "source_format",
-    "source_mode",
-    "mode",
-    "size",
-]
-SKIPPED_FIELDS = ["id", "file", "reason"]
 FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
@@ -189,7 +176,8 @@ def write_contact_sheets(out: Path, items: list[tuple[Image.Image, str]], title:
     pages = max(1, math.ceil(len(items) / PAGE))
     written = []
     for n in range(pages):
-        name = "contact_sheet.png" if n == 0 else f"contact_sheet_{n + 1}.png"
+        sheet = contracts.CONTACT_SHEET
+        name = sheet.name if n == 0 else f"{sheet.stem}_{n + 1}{sheet.suffix}"
         chunk = items[n * PAGE : (n + 1) * PAGE]
         page_title = f"{title} - page {n + 1}/{pages}" if pages > 1 else title
         save_image_atomic(contact_sheet(chunk, thumb=THUMB, title=page_title), out / name)
@@ -205,10 +193,7 @@ def run(params: Params) -> list[dict]:
     """Resize the accepted images in parallel and write the index, skip list and contact sheets."""
     p = params.resize
     raw, out = paths.RAW, paths.PROCESSED
-    accepted_csv = paths.CURATED / "accepted.csv"
-    if not accepted_csv.exists():
-        raise PipelineError(f"{accepted_csv}: not found; run `dvc repro curate` first")
-    accepted = read_csv(accepted_csv)
+    accepted = contracts.CURATED_ACCEPTED.read()
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(r["id"], str(raw / r["file"]), str(out / f"{r['id']}.png"), p) for r in accepted]
     files = {r["id"]: r["file"] for r in accepted}
@@ -216,7 +201,9 @@ def run(params: Params) -> list[dict]:
     rows: list[dict] = []
     skipped: list[dict] = []
     thumbs: dict[str, Image.Image] = {}
-    for image_id, result, thumb in tqdm(_run_jobs(jobs, workers), total=len(jobs), desc="resize", unit="img"):
+    for image_id, result, thumb in progress(
+        _run_jobs(jobs, workers), total=len(jobs), desc="resize", unit="img"
+    ):
         if isinstance(result, str):
             log.warning("skipped %s (%s): %s", image_id, files[image_id], result)
             skipped.append({"id": image_id, "file": files[image_id], "reason": result})
@@ -232,9 +219,10 @@ def run(params: Params) -> list[dict]:
     for f in out.glob("*.png"):
         if f.name not in keep:
             f.unlink()
-    write_csv_atomic(out / "index.csv", INDEX_FIELDS, rows)
-    write_csv_atomic(out / "skipped.csv", SKIPPED_FIELDS, skipped)
-    raw_index = {r["id"]: r for r in read_csv(raw / "index.csv")} if (raw / "index.csv").exists() else {}
+    contracts.PROCESSED_INDEX.write(rows)
+    contracts.PROCESSED_SKIPPED.write(skipped)
+    index_csv = contracts.RAW_INDEX.path  # read as text: credits are copied, not checked
+    raw_index = {r["id"]: r for r in read_csv(index_csv)} if index_csv.exists() else {}
     credits = [raw_index.get(r["id"], {}) | {"id": r["id"], "file": r["file"]} for r in rows]
     contracts.PROCESSED_ATTRIBUTION.write([_credit(c) for c in credits])
     title = f"{len(rows)} training images, {p.size}x{p.size} {p.mode} {p.filter}"

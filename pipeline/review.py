@@ -36,12 +36,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
-from tqdm import tqdm
 
 from pipeline import curate, paths
+from pipeline.contracts import DEDUP_CANDIDATES, DEDUP_GROUPS, RAW_INDEX
 from pipeline.curate import Manifest, ManifestError, read_groups, read_manifest, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.images import ImageError, load_rgb, read_csv, save_image_atomic
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ class Catalog:
     """What the page shows: candidates, their files and their duplicate groups (read once)."""
 
     def __init__(self, root: Path) -> None:
-        cand_path = root / paths.DEDUP / "candidates.csv"
-        index_path = root / paths.RAW / "index.csv"
+        cand_path = root / DEDUP_CANDIDATES.path
+        index_path = root / RAW_INDEX.path
         for p in (cand_path, index_path):
             if not p.exists():
                 raise PipelineError(f"{p.relative_to(root)}: not found; run `dvc repro dedup` first")
@@ -79,7 +80,7 @@ class Catalog:
         self.index = {r["id"]: r for r in read_csv(index_path)}
         self.candidates = [r for r in read_csv(cand_path) if r["id"] in self.index]
         self.ids = [r["id"] for r in self.candidates]
-        groups_path = root / paths.DEDUP / "groups.csv"
+        groups_path = root / DEDUP_GROUPS.path
         self.groups = read_groups(groups_path)
         self.members: dict[str, list[dict[str, str]]] = {}
         if groups_path.exists():
@@ -200,7 +201,7 @@ class Catalog:
     def warm(self) -> None:
         """Make every thumbnail in the background, so scrolling never waits."""
         todo = self.ids + [m["id"] for ms in self.members.values() for m in ms if m["id"] in self.index]
-        for image_id in tqdm(todo, desc="review (thumbnails)", unit="img", leave=False):
+        for image_id in progress(todo, desc="review (thumbnails)", unit="img", leave=False):
             try:
                 self.thumbnail(image_id)
             except (ImageError, OSError) as exc:

@@ -19,6 +19,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline import paths
+from pipeline.contracts import (
+    PROCESSED_INDEX,
+    SAMPLE_GRID,
+    SAMPLE_GRID_RAW,
+    SAMPLE_INTERPOLATION,
+    SAMPLE_NEAREST,
+)
 from pipeline.errors import PipelineError
 from pipeline.images import read_csv, save_image_atomic
 from pipeline.model import Generator, load_generator
@@ -166,7 +173,7 @@ def nearest_sheet(
 
 
 def _training_set(resolution: int) -> tuple[torch.Tensor, list[str]] | None:
-    index = paths.PROCESSED / "index.csv"
+    index = PROCESSED_INDEX.path
     if not index.exists():
         log.warning("sample: %s not found: nearest.png skipped", index)
         return None
@@ -193,21 +200,21 @@ def run(params: Params) -> Path:
             old.unlink()  # left by an earlier run with a larger sample.n
     for i, x in enumerate(images):
         save_grid(x[None], out / f"{i:03d}.png")
-    grid = out / "grid.png"
+    grid = SAMPLE_GRID
     save_grid(images, grid, nrow=p.nrow)
-    save_grid(forward(g_raw, z), out / "grid_raw.png", nrow=p.nrow)
+    save_grid(forward(g_raw, z), SAMPLE_GRID_RAW, nrow=p.nrow)
     if not has_raw_weights(paths.MODEL):
         log.info("sample: %s has no raw weights; grid_raw.png shows its only weights", paths.MODEL)
 
     points = latents(p.interpolation_points * p.nrow, config["latent_dim"], gen)
     points = points.view(p.interpolation_points, p.nrow, -1)
-    frames = interpolation_gif(g, points, p.interpolation_steps, out / "interpolation.gif")
+    frames = interpolation_gif(g, points, p.interpolation_steps, SAMPLE_INTERPOLATION)
 
     real = _training_set(config["resolution"])
     if real is not None:
         fake = to_uint8(images[:NEAREST])
         index, rms = nearest_neighbours(fake, real[0])
-        save_image_atomic(nearest_sheet(fake, real[0], real[1], index, rms), out / "nearest.png")
+        save_image_atomic(nearest_sheet(fake, real[0], real[1], index, rms), SAMPLE_NEAREST)
         log.info(
             "sample: nearest training image at RMS %.1f (median over %d samples)", rms.median(), len(rms)
         )

@@ -23,6 +23,7 @@ import csv
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -68,7 +69,7 @@ def _install_hint(p: DownloadParams) -> str:
 
 @contextlib.contextmanager
 def _chrome_options(binary: str):
-    """Make the library's `Options()` carry our flags and browser path.
+    """Make the library's `Options()` carry our flags and browser path, and never leave a browser running.
 
     google-images-download builds its own selenium Options inside
     download_extended_page(); it imports the class at call time, so swapping
@@ -88,17 +89,35 @@ def _chrome_options(binary: str):
                 self.binary_location = binary
 
     mod.Options = Options
+    # The library quits its browser only when the page loaded; remember each one to quit it otherwise.
+    import selenium.webdriver as webdriver
+
+    chrome = webdriver.Chrome
+    started = []
+
+    class Chrome(chrome):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    webdriver.Chrome = Chrome
     try:
         yield
     finally:
         mod.Options = base
+        webdriver.Chrome = chrome
+        for browser in started:
+            with contextlib.suppress(Exception):  # already quit by the library: nothing to do
+                browser.quit()
 
 
 # What Google serves a browser it does not trust, instead of results (observed
 # 2024-2026): the EU cookie consent interstitial on consent.google.com, and
 # the /sorry/ page with a reCAPTCHA and the words "unusual traffic".
-CONSENT_MARKERS = ("consent.google.com", "before you continue to google")
-CAPTCHA_MARKERS = ("/sorry/index", "unusual traffic from your computer network", 'id="captcha-form"')
+# Markers of the pages themselves (their form and wording), not mere links to them, which a
+# results page may carry.
+CONSENT_MARKERS = ("consent.google.com/save", "<title>before you continue to google")
+CAPTCHA_MARKERS = ("unusual traffic from your computer network", 'id="captcha-form"')
 USE_INSTEAD = "use download.source bing, ddg or openverse instead"
 
 
@@ -116,6 +135,14 @@ def google_blocked(page: str) -> str:
             f'("Before you continue"), not results; {USE_INSTEAD}'
         )
     return ""
+
+
+def load_error(page: str) -> str:
+    """Chromium's own error code when it showed its network error page instead of the URL; else ""."""
+    if 'class="neterror"' not in page:
+        return ""
+    code = re.search(r'"errorCode":"(\w+)"', page)  # Chromium's loadTimeData for the page
+    return f"net::{code.group(1)}" if code else "a network error"
 
 
 def _google_class():
@@ -146,6 +173,9 @@ def _google_class():
                 raise EngineError(
                     f"google: the browser could not load the results page ({why[:160]})"
                 ) from None
+            failed = load_error(page or "")
+            if failed:
+                raise EngineError(f"google: the browser could not load the results page ({failed})")
             blocked = google_blocked(page or "")
             if blocked:
                 raise EngineError(blocked)

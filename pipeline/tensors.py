@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
-from tqdm import tqdm
 
+from pipeline.contracts import PROCESSED_INDEX
 from pipeline.errors import PipelineError
 from pipeline.images import atomic_open, read_csv
+from pipeline.progress import progress
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,14 +39,14 @@ def load_dataset(processed: Path, resolution: int) -> torch.Tensor:
     Decoded by PIL: torchvision.io.decode_image was 1.2-1.3x faster with the same
     pixels, but torchvision 0.29 deprecates its decoders (README, "Training").
     """
-    index = processed / "index.csv"
+    index = processed / PROCESSED_INDEX.path.name
     if not index.exists():
         raise PipelineError(f"{index}: not found; run `dvc repro resize` first")
     rows = read_csv(index)
     if not rows:
         raise PipelineError(f"{index}: no training images; accept some in the curation manifest")
     arrays = []
-    for r in tqdm(rows, desc="train (loading)", unit="img", leave=False):
+    for r in progress(rows, desc="train (loading)", unit="img", leave=False):
         path = processed / r["file"]
         try:
             with Image.open(path) as img:

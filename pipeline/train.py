@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline import distributed, paths
 from pipeline.checkpoint import capture, fingerprint, load_checkpoint, restore, save_atomic
 from pipeline.errors import PipelineError
 from pipeline.live import Logger
+from pipeline.progress import progress
 from pipeline.signals import StopSignals
 from pipeline.swd import multiscale_swd
 from pipeline.tensors import load_dataset, pick_device, to_image, to_uint8
@@ -111,7 +111,7 @@ def _train(p: TrainParams, rank: int, world: int, device: torch.device) -> dict[
     ).to(device)
     logger = Logger(writer, resume_step=t.step_count)
     metrics: dict[str, float] = {}
-    bar = tqdm(total=s.total * t.images_per_step, initial=t.nimg, desc="train", unit="img", unit_scale=True,
+    bar = progress(total=s.total * t.images_per_step, initial=t.nimg, desc="train", unit="img", unit_scale=True,
                disable=not writer)  # fmt: skip
     run_start = s.window_start = time.perf_counter()
     try:
@@ -166,6 +166,13 @@ def _resume(s: Progress) -> None:
     if state is not None and state["step"] >= s.total:
         log.info("train: %s already reached %.1f kimg; training again from scratch", CHECKPOINT, s.t.p.kimg)
         state = None
+    # Each rank reads its own disk: on several machines their checkpoints can differ.
+    steps = distributed.gather(None if state is None else state["step"], s.t.world)
+    if len(set(steps)) > 1:
+        raise PipelineError(
+            f"train: ranks found different {CHECKPOINT} (step by rank: {steps}); give every machine "
+            "the same file (copy it from the first, or a shared folder), or set train.resume: false"
+        )
     if state is not None:
         restore(s.t, state)
         if s.t.rank == 0:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import ssl
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.loopback import Routes, _handler, _Quiet
+from tests.loopback import Routes, _handler, _Quiet, make_tls
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -79,64 +78,12 @@ def ddg_routes(routes: Routes, results: dict[int, bytes], vqd: bool = True) -> N
     routes.pages["/i.js"] = answer
 
 
-def make_ca(dest: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for `hosts` signed by it: (ca.pem, cert.pem, key.pem)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mario-gan test proxy CA")])
-
-    def builder(subject, pub):
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(pub)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-        )
-
-    ca = (
-        builder(ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    leaf = (
-        builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), key.public_key())
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    dest.mkdir(parents=True, exist_ok=True)
-    out = dest / "proxy-ca.pem", dest / "proxy-cert.pem", dest / "proxy-key.pem"
-    out[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    out[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return out
-
-
 class TunnelProxy:
     """An HTTP proxy on 127.0.0.1 that terminates CONNECT tunnels with TLS and answers from `routes`."""
 
     def __init__(self, dest: Path, hosts: list[str], routes: Routes | None = None) -> None:
         self.routes = routes or Routes()
-        self.ca, cert, key = make_ca(dest, hosts)
+        self.ca, cert, key = make_tls(dest, tuple(hosts))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
         ctx.set_alpn_protocols(["http/1.1"])

@@ -191,8 +191,8 @@ class Server:
         self.httpd.server_close()
 
 
-def make_tls(dest: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
+def make_tls(dest: Path, hosts: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (and `hosts`) signed by it: (ca.pem, cert.pem, key.pem)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -218,7 +218,9 @@ def make_tls(dest: Path) -> tuple[Path, Path, Path]:
         else:
             usage = dict(key_cert_sign=False, crl_sign=False, digital_signature=True)
             b = b.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), *map(x509.DNSName, hosts)]
+                ),
                 critical=False,
             ).add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         b = b.add_extension(

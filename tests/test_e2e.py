@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from PIL import Image
 
 from pipeline.curate import read_manifest, write_manifest
-from tests.conftest import make_project, sh
+from tests.conftest import ROOT, make_project, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +50,7 @@ def test_repro_runs_every_stage_in_order(project):
     metrics = json.loads((root / "dvclive/metrics.json").read_text())
     assert "loss_d" in metrics["train"]
     swd = json.loads((root / "metrics/evaluate.json").read_text())
-    assert swd["swd_avg"] > 0 and swd["floor_swd_avg"] > 0 and {"swd_32", "swd_16"} <= set(swd)
+    assert swd["swd"]["avg"] > 0 and swd["floor"]["avg"] > 0 and {"32", "16"} <= set(swd["swd"])
     assert (root / "samples/interpolation.gif").exists() and (root / "samples/nearest.png").exists()
     # Outputs are DVC's, not git's.
     assert "data/raw" not in sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root).stdout
@@ -107,9 +108,18 @@ def test_exp_show_lists_swd_for_two_experiments(project):
             for rev in exp["revs"]:
                 data = rev["data"]
                 lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
-                swd[lr] = data["metrics"]["metrics/evaluate.json"]["data"]["swd_avg"]
+                swd[lr] = data["metrics"]["metrics/evaluate.json"]["data"]["swd"]["avg"]
     assert set(swd) >= {0.001, 0.0005}, swd
     assert all(v > 0 for v in swd.values())
+
+
+def test_the_readmes_comparison_shows_changed_params_and_swd(project):
+    root, _ = project  # after the two experiments above, which changed train.lr only
+    readme = (ROOT / "README.md").read_text().splitlines()
+    command = next(line for line in readme if line.startswith("dvc exp show --only-changed --drop"))
+    header = sh(*shlex.split(command), "--csv", cwd=root).stdout.splitlines()[0].split(",")
+    columns = [c for c in header if c not in ("Experiment", "rev", "typ", "Created", "parent")]
+    assert columns == ["swd.avg", "swd.over_floor", "floor.avg", "train.lr"]
 
 
 def test_bad_manifest_fails_the_stage_with_one_clear_line(project, tmp_path):

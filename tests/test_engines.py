@@ -237,6 +237,21 @@ def test_openverse_sends_the_licence_filter_and_uses_client_credentials(web, mon
     assert headers["Authorization"] == "Bearer tok-123"
 
 
+def test_openverse_refused_credentials_go_on_anonymously_with_one_warning(web, monkeypatch, caplog):
+    openverse_fixture_pages(web)
+    web.routes.pages["/v1/auth_tokens/token/"] = lambda h: (
+        401,
+        json_body({"error": "invalid_client"}),
+        "application/json",
+        {},
+    )
+    monkeypatch.setenv("OPENVERSE_CLIENT_ID", "id-1")
+    monkeypatch.setenv("OPENVERSE_CLIENT_SECRET", "wrong")
+    assert len(sources.find("openverse", "mario", openverse_params(web))) == 4
+    assert all("Authorization" not in h for p, h in web.routes.requests if p.startswith("/v1/images/"))
+    assert "OPENVERSE_CLIENT_ID/SECRET were refused" in caplog.text
+
+
 def test_openverse_deep_page_refused_is_the_end_not_an_error(web, monkeypatch):
     monkeypatch.delenv("OPENVERSE_CLIENT_ID", raising=False)
     pages = openverse_fixture_pages(web)

@@ -28,19 +28,21 @@ def project(in_tmp):
 def test_writes_swd_the_floor_and_their_ratio(project):
     metrics = evaluate.run(params())
     written = json.loads(evaluate.METRICS.read_text())
-    assert written == pytest.approx(metrics)
-    levels = ["swd_32", "swd_16", "swd_avg"]
-    assert set(written) == {*levels, *(f"floor_{k}" for k in levels), "swd_over_floor", "generated", "real"}
-    assert written["generated"] == 8 and written["real"] == 10
-    assert written["swd_avg"] == pytest.approx((written["swd_32"] + written["swd_16"]) / 2)
-    assert written["swd_over_floor"] == pytest.approx(written["swd_avg"] / written["floor_swd_avg"])
-    assert written["swd_avg"] > 0 and written["floor_swd_avg"] > 0
+    assert written == metrics
+    # Grouped, so `dvc exp show` columns read swd.avg, floor.avg, ... and one regex picks a group.
+    assert set(written) == {"swd", "floor", "images"}
+    swd, floor = written["swd"], written["floor"]
+    assert set(swd) == {"32", "16", "avg", "over_floor"} and set(floor) == {"32", "16", "avg"}
+    assert written["images"] == {"generated": 8, "real": 10}
+    assert swd["avg"] == pytest.approx((swd["32"] + swd["16"]) / 2)
+    assert swd["over_floor"] == pytest.approx(swd["avg"] / floor["avg"])
+    assert swd["avg"] > 0 and floor["avg"] > 0
 
 
 def test_same_model_and_seed_same_numbers(project):
     first = evaluate.run(params())
     assert evaluate.run(params()) == first
-    assert evaluate.run(params(seed=6))["swd_avg"] != first["swd_avg"]
+    assert evaluate.run(params(seed=6))["swd"]["avg"] != first["swd"]["avg"]
 
 
 def test_uses_the_ema_weights(project, monkeypatch):
@@ -70,7 +72,7 @@ def test_needs_two_training_images(in_tmp):
 def test_fid_is_skipped_with_one_line_without_weights(project, caplog):
     with caplog.at_level(logging.INFO):
         metrics = evaluate.run(params())
-    assert "fid" not in metrics
+    assert "inception" not in metrics
     assert "FID/KID skipped: set evaluate.inception_weights" in caplog.text
 
 
@@ -86,7 +88,7 @@ def test_weights_without_torch_fidelity_skip_with_one_line(project, caplog, monk
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails
     with caplog.at_level(logging.INFO):
         metrics = evaluate.run(params(inception_weights="inception.pth"))
-    assert "fid" not in metrics
+    assert "inception" not in metrics
     assert "torch-fidelity is not installed" in caplog.text
 
 
@@ -106,7 +108,7 @@ def test_fid_and_kid_come_from_torch_fidelity_with_the_local_weights(project, mo
         sys.modules, "torch_fidelity", types.SimpleNamespace(calculate_metrics=calculate_metrics)
     )
     metrics = evaluate.run(params(inception_weights="inception.pth"))
-    assert (metrics["fid"], metrics["kid"], metrics["kid_std"]) == (12.5, 0.01, 0.002)
+    assert metrics["inception"] == {"fid": 12.5, "kid": 0.01, "kid_std": 0.002}
     assert calls["feature_extractor_weights_path"] == "inception.pth"
     assert len(calls["input1"]) == 8 and len(calls["input2"]) == 10
     assert calls["input1"][0].dtype == torch.uint8 and calls["input1"][0].shape == (3, 32, 32)

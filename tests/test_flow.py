@@ -16,9 +16,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.testing.utilities import prefect_test_harness
-from tqdm import tqdm
 
 from flows.pipeline_flow import TrainProgress, is_dvc_hint, pipeline_flow, run_stage, stage_order
+from pipeline.progress import LogProgress
 from tests.conftest import ROOT, TINY, make_project, sh
 
 
@@ -73,22 +73,28 @@ def test_stage_order_comes_from_dvc():
                     assert order.index(up) < order.index(s), (up, s)
 
 
-def test_training_progress_follows_the_tqdm_bar(monkeypatch):
+def test_training_progress_follows_the_trainers_progress_lines(monkeypatch):
     seen: list[tuple[float, str]] = []
     progress = TrainProgress("train")
     monkeypatch.setattr(progress, "set", lambda pct, desc: seen.append((pct, desc)))
+    now = [0.0]
+    monkeypatch.setattr("tqdm.std.time", lambda: now[0])
     buf = io.StringIO()
-    bar = tqdm(total=3200, desc="train", unit="img", unit_scale=True, file=buf, mininterval=0)
-    bar.update(1600)
-    bar.set_postfix(loss_d="1.234", loss_g="0.567")
-    bar.update(1600)
+    # What the trainer's bar writes when its output is not a terminal (the flow reads a pipe).
+    bar = LogProgress(total=3200, desc="train", unit="img", unit_scale=True, file=buf)
+    for _ in range(4):
+        now[0] += 10
+        bar.set_postfix(loss_d="1.234", loss_g="0.567", refresh=False)
+        bar.update(800)
     bar.close()
-    for line in buf.getvalue().replace("\r", "\n").splitlines():
+    lines = buf.getvalue().splitlines() + ["train (loading): 50% 10/20 img, 00:01 elapsed"]  # another bar
+    for line in lines:
         progress.feed(line)
-    progress.feed("train (loading):  50%|#####     | 10/20 [00:01<00:01, 9img/s]")  # another bar
-    assert seen[0][0] == 0.0
-    assert (50.0, "train: 1.60k/3.20k images, loss_d=1.234, loss_g=0.567") in seen
-    assert seen[-1][0] == 100.0
+    assert seen[0] == (25.0, "train: 800/3.20k img, loss_d=1.234, loss_g=0.567")
+    assert seen[-1] == (100.0, "train: 3.20k/3.20k img, loss_d=1.234, loss_g=0.567")
+    # tqdm's own bar text is not read at all.
+    progress.feed("train:  50%|#####     | 1.60k/3.20k [00:10<00:10, 160img/s, loss_d=1.2, loss_g=0.5]")
+    assert len(seen) == 4
 
 
 def test_dvc_git_advice_is_left_out_of_task_logs():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +108,8 @@ def test_consent_and_captcha_pages_are_one_line_each(tmp_path, monkeypatch, in_t
 def test_result_pages_are_not_taken_for_block_pages():
     assert sources.google_blocked(results_page([("https://a/1.jpg", "https://a/p")]).decode()) == ""
     assert sources.google_blocked("<html><body>Mario consent form fan art</body></html>") == ""
+    links = '<a href="https://consent.google.com/ml?continue=x">Privacy</a> <a href="/sorry/index">?</a>'
+    assert sources.google_blocked(f"<html><body>{links}</body></html>") == ""
 
 
 @needs_chromium
@@ -116,6 +122,45 @@ def test_real_browser_on_a_captcha_page_stops_with_one_line(tmp_path):
         with pytest.raises(EngineError, match=BLOCKED["google_sorry.html"]):
             sources.google("mario", p)
         assert web.routes.hits["/sorry/index?continue=mario"] == 1
+
+
+def test_chromiums_own_error_page_is_a_load_error():
+    # As Chromium 150 renders it (seen for an unsafe port): body.neterror and its loadTimeData.
+    page = '<body class="neterror"><div class="error-code">ERR_UNSAFE_PORT</div><script>var loadTimeDataRaw = {"details":"Details","errorCode":"ERR_UNSAFE_PORT"};</script>'
+    assert sources.load_error(page) == "net::ERR_UNSAFE_PORT"
+    assert sources.load_error(results_page([("https://a/1.jpg", "https://a/p")]).decode()) == ""
+
+
+def descendants() -> set[int]:
+    """Processes started by this test process, children of children included (from /proc)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [os.getpid()]
+    while todo:
+        here = todo.pop()
+        kids = [pid for pid, pp in parent.items() if pp == here]
+        found.update(kids)
+        todo += kids
+    return found
+
+
+@needs_chromium
+def test_page_that_cannot_load_is_one_line_and_leaves_no_browser_running():
+    why = "ERR_CONNECTION_REFUSED"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = descendants()
+    url = f"http://127.0.0.1:{port}/search?q={{query}}"
+    with pytest.raises(
+        EngineError, match=rf"^google: the browser could not load the results page \(net::{why}\)$"
+    ):
+        sources.google("mario", from_defaults(DownloadParams, source="google", search_url=url))
+    time.sleep(0.5)
+    assert descendants() <= before
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
 """The flow against a real `prefect server start`: its API records the run, a served
-deployment runs on demand, and the UI in headless Chromium shows the run, its tasks
+deployment runs on demand, a deployment on a process work pool runs on a real
+`prefect worker`, and the UI in headless Chromium shows the run, its tasks
 and artifacts.
 
 PREFECT_SCREENSHOT=docs/prefect.png also writes the screenshot the README shows.
@@ -157,6 +158,54 @@ def test_a_served_deployment_keeps_its_cron_and_runs_on_demand(server, flow_run)
         assert [(t["name"], t["state"]["name"]) for t in tasks] == [("sample", "Cached")]
     finally:
         stop(serve)
+
+
+def test_a_process_worker_runs_a_deployment_started_through_the_api(server, flow_run, tmp_path):
+    url, client_env = server
+    root, _ = flow_run
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("seed: 42", "seed: 43", 1))  # sample has work to do
+    deploy = subprocess.run(
+        [sys.executable, "-m", "flows", "deploy", "--pool", "crunchers", "--name", "pooled"],
+        cwd=root,
+        env=client_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    pool = httpx.get(f"{url}/api/work_pools/crunchers", timeout=5).json()
+    assert pool["type"] == "process"
+    deployment = httpx.get(f"{url}/api/deployments/name/mario-gan/pooled", timeout=5).json()
+    assert deployment["work_pool_name"] == "crunchers"
+    run = httpx.post(f"{url}/api/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10)
+    run.raise_for_status()
+    run_id = run.json()["id"]
+
+    # Started elsewhere on purpose: the deployment itself says where the clone is.
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "crunchers"],
+        cwd=tmp_path,
+        env=client_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
+        stdout=(tmp_path / "worker.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def finished() -> dict | None:
+            state = httpx.get(f"{url}/api/flow_runs/{run_id}", timeout=5).json()
+            return state if state["state_type"] in ("COMPLETED", "FAILED", "CRASHED") else None
+
+        done = wait_for(finished, "the worker to run the flow run", 300)
+    finally:
+        stop(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert done["state_type"] == "COMPLETED", log[-3000:]
+    assert run_id in log  # this worker, not some other process, ran it
+    tasks = api(url, "task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    states = {t["name"]: t["state"]["name"] for t in tasks}
+    assert states == {s: "Completed" if s == "sample" else "Cached" for s in stage_order(root)}
 
 
 @needs_chromium

@@ -158,7 +158,11 @@ def test_folder_source_imports_checked_images(in_tmp):
         ),
         (
             {"source": "openverse", "search_url": "ftp://x/"},
-            "params.yaml: download.search_url: must be an http(s)",
+            "params.yaml: download.search_url: must be the http(s) URL",
+        ),
+        (
+            {"source": "bing", "search_url": "http://x/s?q={query}&first={offset}"},
+            "params.yaml: download.search_url: must be the http(s) URL of the engine's endpoint (the query is added",
         ),
         ({"market": "en_US!"}, "params.yaml: download.market: must be a market code like en-US"),
         ({"licenses": "cc0"}, "params.yaml: download.licenses: must be a list of licence codes"),

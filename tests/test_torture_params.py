@@ -7,8 +7,10 @@ the file: `2e-4` is a float in YAML 1.2 (yaml.org/spec/1.2.2, 10.2.1.4 "Floating
 
 import dataclasses
 import math
+import re
 import subprocess
 import sys
+import types
 import typing
 
 import pytest
@@ -171,6 +173,20 @@ def test_any_value_for_any_param_loads_as_written_or_is_one_line_naming_it(key, 
         assert loaded == value and type(loaded) is type(value)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.lists(st.tuples(st.sampled_from(sorted(FIELDS)), yaml_values), min_size=2, max_size=4))
+def test_any_values_for_several_params_are_params_or_one_line(changes):
+    # Settings are checked against each other too (resolution vs size, source vs queries...).
+    data = defaults()
+    for key, value in changes:
+        section, name = key.split(".")
+        data[section][name] = value
+    try:
+        params_from_yaml(yaml.safe_dump(data, allow_unicode=True).encode())
+    except ParamsError as exc:
+        assert "\n" not in str(exc) and "\r" not in str(exc)
+
+
 @FAST
 @given(
     lr=st.floats(min_value=1e-12, max_value=0.999),
@@ -207,3 +223,13 @@ def test_section_types_cover_every_field():
     # A new field of a type _coerce has no rule for would pass unchecked; fail here instead.
     assert {t for t in FIELDS.values() if typing.get_origin(t) is None} <= {bool, int, float, str}
     assert all(dataclasses.is_dataclass(cls) for cls in SECTIONS.values())
+
+
+UNIONS = sorted(k for k, t in FIELDS.items() if isinstance(t, types.UnionType))
+
+
+@pytest.mark.parametrize("key", UNIONS)
+@pytest.mark.parametrize("text", ["null", "true", "3", "1.5"])
+def test_a_setting_of_several_forms_refuses_every_other_form_in_one_line(key, text):
+    # Found by the property test above: `source: null` reached validate() and raised TypeError.
+    assert re.match(rf"params.yaml: {key}: must be a \w+ or a \w+, got ", one_line(with_value(key, text)))

@@ -323,6 +323,17 @@ def test_two_process_ddp_on_cpu(in_tmp):
     load_generator(paths.MODEL)
 
 
+def test_ranks_with_different_checkpoints_stop_with_one_line(in_tmp, monkeypatch):
+    # Several machines: another rank's disk holds a checkpoint at step 5, this one none.
+    make_processed()
+    monkeypatch.setattr(distributed, "gather", lambda obj, world: [obj, 5])
+    with pytest.raises(
+        PipelineError, match=r"ranks found different models/checkpoint.pt \(step by rank: \[None, 5\]\)"
+    ):
+        train.run(params_from_dict(TINY))
+    assert not paths.MODEL.exists()
+
+
 def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
     make_processed()
     monkeypatch.setattr(distributed, "init", lambda device: (0, 3, device))
