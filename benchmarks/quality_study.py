@@ -270,7 +270,9 @@ def plot(rows: list[dict[str, Any]], names: list[str], round_name: str, path: Pa
         if n:
             xs = [statistics.mean(c[i][0] for c in curves) for i in range(n)]
             ys = [statistics.mean(c[i][2] for c in curves) for i in range(n)]
-            ax.plot(xs, ys, color=colour, lw=2.5, label=f"{name} (mean of {len(curves)} seeds)")
+            ax.plot(
+                xs, ys, color=colour, lw=2.5, label=f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            )
     ax.set_xlabel("training CPU minutes (1 thread)")
     ax.set_ylabel("eval/swd_avg (128 EMA samples vs 128 real)")
     ax.set_title("SWD during training, built-in set, 64 px")
@@ -348,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         names = args.plot.split(",")
         plot(rows, names, args.round, args.out / "swd_vs_minutes.png")
-        grids = [args.out / f"{args.round}_{n}_s0.png" for n in names]
-        side_by_side(grids, [f"{n} (seed 0)" for n in names], args.out / "grids_side_by_side.png")
+        grids = [q for n in names for q in sorted(args.out.glob(f"{args.round}_{n}_s*.png"))]
+        labels = [q.stem.split("_", 1)[1].replace("_s", ", seed ") for q in grids]
+        side_by_side(grids, labels, args.out / "grids_side_by_side.png")
         print(f"wrote {args.out / 'swd_vs_minutes.png'} and {args.out / 'grids_side_by_side.png'}")
         return 0
 
