@@ -307,7 +307,9 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
         prof = s.get("profile")
-        if prof:
+        if prof and "error" in prof:
+            lines += [f"The profile of our {last}² step failed: {prof['error']}.", ""]
+        elif prof:
             shares = ", ".join(
                 f"{k} {v:.0%}" for k, v in sorted(prof["shares"].items(), key=lambda kv: -kv[1])
             )

@@ -149,7 +149,22 @@ def _keys(bits: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
-_JOB: dict = {}  # the index, shared with forked workers without pickling
+# The index (or the thumbnails), shared with forked workers without pickling.
+_SHARED_WITH_WORKERS: dict = {}
+
+
+@dataclass(frozen=True)
+class _ChunkTable:
+    """One chunk's lookup table: the items bucketed by their key in this chunk."""
+
+    counts: np.ndarray  # items per key
+    starts: np.ndarray  # where each key's bucket starts in key order
+    item_order: np.ndarray  # item indices in key order
+    query_order: np.ndarray  # query indices in key order (the items' own in a self-join)
+    query_keys_sorted: np.ndarray  # the queries' keys, in key order
+    zero_at_bit: list[np.ndarray]  # self-join: key-order positions whose key has bit b clear
+    queries: np.ndarray  # packed query hashes, in key order
+    items: np.ndarray  # packed item hashes, in key order
 
 
 def _flips(b: int, r: int) -> list[int]:
@@ -165,49 +180,55 @@ def _chunk_masks(chunks: list[tuple[int, int]], words: int) -> np.ndarray:
 
 
 def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query, item) within the threshold found through chunk c with these flips.
+    """Pairs (query, item) within the threshold found through one chunk's table with
+    these bit flips of the query keys.
 
     Queries are visited in key order, so the table lookups for key ^ flip stay
     close together in memory.
     """
-    c, flips = task
-    j = _JOB
-    counts, starts, order, qorder, qsorted, low, queries, items = j["chunks"][c]
-    masks, radii, t, self_join = j["masks"], j["radii"], j["threshold"], j["self_join"]
-    qs, its = [], []
-    for f in flips:
-        if self_join and f:
+    chunk, flips = task
+    shared = _SHARED_WITH_WORKERS
+    table = shared["chunks"][chunk]
+    masks, radii, threshold = shared["masks"], shared["radii"], shared["threshold"]
+    self_join = shared["self_join"]
+    found_queries, found_items = [], []
+    for flip in flips:
+        if self_join and flip:
             # A pair is met from both ends with the same flip; only the end whose key
             # has a 0 at the flip's top bit looks. (Flip 0: the lower index, below.)
-            qpos = low[f.bit_length() - 1]
-            k = qsorted[qpos] ^ f
+            query_positions = table.zero_at_bit[flip.bit_length() - 1]
+            keys = table.query_keys_sorted[query_positions] ^ flip
         else:
-            qpos = None
-            k = qsorted ^ f
-        cnt = counts[k]
-        hit = np.flatnonzero(cnt)
-        if not len(hit):
+            query_positions = None
+            keys = table.query_keys_sorted ^ flip
+        bucket_sizes = table.counts[keys]
+        hits = np.flatnonzero(bucket_sizes)
+        if not len(hits):
             continue
-        cn = cnt[hit]
+        sizes = bucket_sizes[hits]
         # Positions in key order of each candidate's query and item.
-        qp = np.repeat(hit if qpos is None else qpos[hit], cn)
-        ip = np.repeat(starts[k[hit]] - (np.cumsum(cn) - cn), cn) + np.arange(len(qp))
-        x = queries[qp] ^ items[ip]
-        ok = np.flatnonzero(_popcount(x) <= t)
-        qrep, it, x = qorder[qp[ok]], order[ip[ok]], x[ok]
-        if self_join and f == 0:
-            low_first = qrep < it
-            qrep, it, x = qrep[low_first], it[low_first], x[low_first]
-        if c:  # drop the pairs an earlier chunk finds
-            new = np.ones(len(x), bool)
-            for c2 in range(c):
-                new &= _popcount(x & masks[c2]) > radii[c2]
-            qrep, it = qrep[new], it[new]
-        qs.append(qrep)
-        its.append(it)
-    if not qs:
+        query_at = np.repeat(hits if query_positions is None else query_positions[hits], sizes)
+        item_at = np.repeat(table.starts[keys[hits]] - (np.cumsum(sizes) - sizes), sizes) + np.arange(
+            len(query_at)
+        )
+        differ = table.queries[query_at] ^ table.items[item_at]
+        close = np.flatnonzero(_popcount(differ) <= threshold)
+        query = table.query_order[query_at[close]]
+        item = table.item_order[item_at[close]]
+        differ = differ[close]
+        if self_join and flip == 0:
+            lower_first = query < item
+            query, item, differ = query[lower_first], item[lower_first], differ[lower_first]
+        if chunk:  # drop the pairs an earlier chunk finds
+            new = np.ones(len(differ), bool)
+            for earlier in range(chunk):
+                new &= _popcount(differ & masks[earlier]) > radii[earlier]
+            query, item = query[new], item[new]
+        found_queries.append(query)
+        found_items.append(item)
+    if not found_queries:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(qs).astype(np.int64), np.concatenate(its).astype(np.int64)
+    return np.concatenate(found_queries).astype(np.int64), np.concatenate(found_items).astype(np.int64)
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -245,8 +266,10 @@ def near_pairs(
         qsorted = qkeys[qorder, c].astype(np.int32)
         low = [np.flatnonzero((qsorted >> b) & 1 == 0) for b in range(hi - lo)] if self_join else []
         # The hashes in key order too: a bucket's candidates lie in consecutive memory.
-        tables.append((counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order]))
-    _JOB.update(
+        tables.append(
+            _ChunkTable(counts, starts, order, qorder, qsorted, low, pqueries[qorder], pitems[order])
+        )
+    _SHARED_WITH_WORKERS.update(
         chunks=tables,
         masks=_flat(_chunk_masks(chunks, words)),
         radii=radii,
@@ -265,7 +288,7 @@ def near_pairs(
         else:
             parts = [_search(t) for t in tasks]
     finally:
-        _JOB.clear()
+        _SHARED_WITH_WORKERS.clear()
     q = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     i = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     return (np.minimum(q, i), np.maximum(q, i)) if self_join else (q, i)
@@ -410,11 +433,30 @@ def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 GAIN = 1.5  # brightness is matched up to this factor either way
 
 
+def _tolerant_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel of (p, H, W, 3) windows a and b: the mean absolute RGB difference to the
+    closest-coloured pixel of the other within one pixel (3x3), averaged over a's and b's
+    side. Edges moved by a fraction of a pixel (a crop, a rescale) then cost little,
+    while a change of colour costs as much as without the tolerance. Symmetric."""
+    p, h, w, _ = a.shape
+    padded = np.full((p, h + 2, w + 2, 3), np.inf, np.float32)
+    padded[:, 1:-1, 1:-1] = b
+    a_side = np.full((p, h, w), np.inf, np.float32)
+    b_side = np.full((p, h + 2, w + 2), np.inf, np.float32)
+    for oy in range(3):
+        for ox in range(3):
+            # a[y, x] against b[y + oy - 1, x + ox - 1]: the same differences serve b's side.
+            d = _rgb_sum(np.abs(a - padded[:, oy : oy + h, ox : ox + w])) / 3
+            np.minimum(a_side, d, out=a_side)
+            np.minimum(b_side[:, oy : oy + h, ox : ox + w], d, out=b_side[:, oy : oy + h, ox : ox + w])
+    return (a_side + b_side[:, 1:-1, 1:-1]) / 2
+
+
 def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] and f[ib[k]] over
-    their overlap at displacement shift[k], after matching brightness, over the pixels
-    that are foreground in either (all of them when neither has any): hashes and the
-    correlation are blind to a uniform change of colour. Symmetric in a and b."""
+    """Mean colour difference (0-255, see _tolerant_error) of thumbnails f[ia[k]] and
+    f[ib[k]] over their overlap at displacement shift[k], after matching brightness, over
+    the pixels that are foreground in either (all of them when neither has any): hashes
+    and the correlation are blind to a uniform change of colour. Symmetric in a and b."""
     out = np.empty(len(ia), np.float32)
     # Grouped by displacement, each window is a plain slice: much cheaper than a gather.
     for k in np.unique(shift).tolist():
@@ -426,7 +468,7 @@ def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift
         p = len(sel)
         gain = (aw.reshape(p, -1).mean(axis=1) + 1e-3) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
         root = np.sqrt(np.clip(gain, 1 / GAIN, GAIN))[:, None, None, None]
-        err = (_rgb_sum(np.abs(aw / root - bw * root)) / 3).reshape(p, -1)
+        err = _tolerant_error(aw / root, bw * root).reshape(p, -1)
         mask = mask.reshape(p, -1)
         mask[~mask.any(axis=1)] = True
         out[sel] = (err * mask).sum(axis=1) / mask.sum(axis=1)
@@ -486,7 +528,7 @@ def verify_pairs(
     many), so memory stays small for any number of pairs.
     """
     if workers > 1 and len(a) > 4 * block and "fork" in multiprocessing.get_all_start_methods():
-        _JOB["thumbs"] = thumbs
+        _SHARED_WITH_WORKERS["thumbs"] = thumbs
         try:
             size = max(block, -(-len(a) // (2 * workers)))
             cuts = range(0, len(a), size)
@@ -494,7 +536,7 @@ def verify_pairs(
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 parts = pool.starmap(_verify_part, jobs)
         finally:
-            _JOB.clear()
+            _SHARED_WITH_WORKERS.clear()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     score = np.empty(len(a), np.float32)
     colour = np.full(len(a), np.nan, np.float32)
@@ -541,7 +583,7 @@ def verify_pairs(
 def _verify_part(
     a: np.ndarray, b: np.ndarray, min_score: float, max_colour: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    return verify_pairs(_JOB["thumbs"], a, b, min_score=min_score, max_colour=max_colour)
+    return verify_pairs(_SHARED_WITH_WORKERS["thumbs"], a, b, min_score=min_score, max_colour=max_colour)
 
 
 # --- grouping ---------------------------------------------------------------------------

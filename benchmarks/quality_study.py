@@ -1,0 +1,395 @@
+"""Quality study: which training choices give better samples for the same compute, on the built-in set.
+
+Each configuration is the `train:` section of params.yaml plus a few
+overrides. Every run trains pipeline.train.Trainer on the processed training
+set (data/processed, as `dvc repro resize` leaves it) on ONE CPU thread, for a
+budget of **CPU seconds of this process** (time.process_time), not wall-clock:
+the machine is shared, and CPU time of a 1-thread process is what a config
+costs whatever else runs. The budget is stated as a fraction of the default
+run's: the defaults, seed 0, are trained to `train.kimg` once and their CPU
+time is the unit (`budget_cpu_s` in the results file).
+
+After training, like the evaluate stage: SWD (pipeline/swd.py) of 512 EMA
+samples (fixed latents, seed 123) against the whole training set, over the
+real-vs-real floor (two random halves); plus the median RMS distance from a
+sample to its nearest training image (memorising would drive it to 0). During
+training, every `--curve-kimg`, the SWD the trainer logs to DVCLive
+(`eval/swd_avg`: 128 EMA samples vs 128 training images) is recorded against
+CPU minutes; evaluation time is not counted in the budget.
+
+Per configuration it prints img/s (per CPU second), kimg reached, SWD/floor
+mean ± sample std over seeds, and writes an 8x8 EMA grid per run into the
+output folder. Results go to `<out>/results.jsonl`, one line per run; runs
+already there are skipped, so an interrupted study continues.
+
+    python benchmarks/quality_study.py --round screen --fraction 0.33 --seeds 0
+    python benchmarks/quality_study.py --round final --seeds 0,1,2 --configs defaults,hinge
+    python benchmarks/quality_study.py --plot defaults,new --round final   # SWD-vs-minutes PNG
+    python benchmarks/quality_study.py --tiny --out /tmp/q   # seconds; what the unit test runs
+
+Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `d_channels`)
+are set by this script after the Trainer is built: screening only, they are not
+training params unless the study shows they help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import paths
+from pipeline.evaluate import split_halves
+from pipeline.model import Discriminator
+from pipeline.params import TrainParams, load_params
+from pipeline.sample import latents, nearest_neighbours
+from pipeline.swd import multiscale_swd
+from pipeline.tensors import load_dataset, to_image, to_uint8
+from pipeline.trainer import Trainer, _make_adam
+
+# name -> overrides of params.yaml's train section. "defaults" is the baseline every ratio is against.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    # losses and regularisers
+    "hinge": {"loss": "hinge"},
+    "sn_hinge": {"spectral_norm": True, "loss": "hinge"},
+    "r1_0.2": {"r1_gamma": 0.2},
+    "r1_1": {"r1_gamma": 1.0},
+    # augmentation
+    "aug_ctc": {"diffaugment": "color,translation,cutout"},
+    "aug_t": {"diffaugment": "translation"},
+    # architecture: widths and G/D balance
+    "ch48": {"channels": 48},
+    "ch24": {"channels": 24},
+    "d_half": {"d_channels": 16},
+    # optimisation
+    "ttur": {"lr_g": 0.0001, "lr_d": 0.0004},
+    "lr_x2": {"lr": 0.0004},
+    "bs16": {"batch_size": 16},
+    "bs64": {"batch_size": 64},
+    "betas_0_99": {"beta1": 0.0, "beta2": 0.99},
+    "ema_1": {"ema_kimg": 1.0},
+    "lecam": {"lecam": 0.3},
+}
+STUDY_ONLY = ("lr_g", "lr_d", "d_channels", "lecam")
+TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam"]  # --tiny: one of each code path
+EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
+CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
+
+
+class LeCamTrainer(Trainer):
+    """D's loss plus LeCam regularisation (Tseng et al. 2021): D's outputs on real images are pulled
+    towards the moving average of its outputs on fakes and vice versa, which bounds how far D can
+    separate a few hundred images."""
+
+    decay = 0.99
+    lecam = 0.0
+    ema_real = ema_fake = None
+
+    def d_loss(self, out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+        base = super().d_loss(out_real, out_fake)
+        if self.ema_real is None:
+            self.ema_real, self.ema_fake = out_real.detach().mean(), out_fake.detach().mean()
+        self.ema_real = self.decay * self.ema_real + (1 - self.decay) * out_real.detach().mean()
+        self.ema_fake = self.decay * self.ema_fake + (1 - self.decay) * out_fake.detach().mean()
+        reg = (out_real - self.ema_fake).relu().square().mean() + (
+            self.ema_real - out_fake
+        ).relu().square().mean()
+        return base + self.lecam * reg
+
+
+def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
+    """A Trainer on the CPU, with the study-only overrides applied."""
+    t = (LeCamTrainer if "lecam" in extra else Trainer)(p, data, torch.device("cpu"))
+    t.lecam = extra.get("lecam", 0.0)
+    if "d_channels" in extra:
+        torch.manual_seed(p.seed + 777)
+        t.d = Discriminator(p.resolution, extra["d_channels"], p.max_channels, p.spectral_norm)
+        t.d = t.d.to(memory_format=t.fmt)
+        t.d_fwd = t.d
+        t.opt_d = _make_adam(t.d.parameters(), p, t.device)
+    for key, opt in (("lr_g", t.opt_g), ("lr_d", t.opt_d)):
+        if key in extra:
+            for group in opt.param_groups:
+                group["lr"] = extra[key]
+    return t
+
+
+def train(
+    t: Trainer, budget_cpu_s: float | None, kimg: float | None, curve_kimg: float, curve_fn
+) -> dict[str, Any]:
+    """Step until the CPU budget (or `kimg`) is spent; returns CPU s, wall s, kimg and the curve."""
+    cpu = wall = 0.0
+    curve: list[tuple[float, float, float]] = []
+    next_curve = curve_kimg * 1000
+    while True:
+        if kimg is not None and t.nimg >= kimg * 1000:
+            break
+        if budget_cpu_s is not None and cpu >= budget_cpu_s:
+            break
+        c0, w0 = time.process_time(), time.perf_counter()
+        t.step()
+        cpu += time.process_time() - c0
+        wall += time.perf_counter() - w0
+        if curve_kimg > 0 and t.nimg >= next_curve:
+            curve.append((cpu / 60, t.nimg / 1000, curve_fn(t)))
+            next_curve += curve_kimg * 1000
+    if not torch.isfinite(t.acc).all():
+        raise RuntimeError("loss became nan or inf")
+    return {"cpu_s": cpu, "wall_s": wall, "kimg": t.nimg / 1000, "curve": curve}
+
+
+def final_eval(t: Trainer, real: torch.Tensor, floor: float, n: int, swd_kw: dict) -> dict[str, float]:
+    z = latents(n, t.p.latent_dim, torch.Generator().manual_seed(EVAL_SEED))
+    fake = to_uint8(t.sample(z))
+    swd = multiscale_swd(fake, real, seed=EVAL_SEED, **swd_kw)["swd_avg"]
+    _, dist = nearest_neighbours(fake[:64], real)
+    return {"swd": swd, "swd_over_floor": swd / floor, "nn_rms_median": float(dist.median())}
+
+
+def run_one(
+    name: str, seed: int, base: TrainParams, data: torch.Tensor, args: argparse.Namespace, budget: dict
+) -> dict[str, Any]:
+    spec = CONFIGS[name]
+    extra = {k: v for k, v in spec.items() if k in STUDY_ONLY}
+    fields = {k: v for k, v in spec.items() if k not in STUDY_ONLY}
+    p = dataclasses.replace(base, **fields, seed=seed, threads=1, device="cpu", eval_kimg=0)
+    t = build(p, extra, data)
+    curve_real = data[
+        torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))[:CURVE_IMAGES]
+    ]
+    curve_z = torch.randn(
+        curve_real.shape[0], p.latent_dim, generator=torch.Generator().manual_seed(seed + 1)
+    )
+
+    def curve_fn(tr: Trainer) -> float:
+        return multiscale_swd(curve_real, to_uint8(tr.sample(curve_z)), **args.swd)["swd_avg"]
+
+    defining = "budget_cpu_s" not in budget
+    res = train(
+        t,
+        None if defining else budget["budget_cpu_s"] * args.fraction,
+        base.kimg if defining else None,
+        args.curve_kimg,
+        curve_fn,
+    )
+    if defining:
+        budget["budget_cpu_s"] = res["cpu_s"]
+    grid_z = latents(64, p.latent_dim, torch.Generator().manual_seed(GRID_SEED))
+    grid = to_image(t.sample(grid_z), nrow=8)
+    grid.save(args.out / f"{args.round}_{name}_s{seed}.png")
+    metrics = final_eval(t, data, budget["floor"], args.eval_n, args.swd)
+    record = {"round": args.round, "config": name, "seed": seed, "fraction": args.fraction}
+    record |= {"img_per_cpu_s": res["kimg"] * 1000 / max(res["cpu_s"], 1e-9)} | res | metrics
+    if defining:
+        record["defines_budget"] = True
+    return record
+
+
+def load_results(path: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    rows: list[dict[str, Any]] = []
+    budget: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "budget_cpu_s" in row and "config" not in row:
+                budget = row
+            else:
+                rows.append(row)
+    return rows, budget
+
+
+def append(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _ms(values: list[float]) -> str:
+    if len(values) > 1:
+        return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{values[0]:.3f}"
+
+
+def table(rows: list[dict[str, Any]], round_name: str, budget: dict[str, float]) -> str:
+    """Markdown table of one round, best SWD/floor first, ending with the ratio vs the defaults."""
+    rows = [r for r in rows if r["round"] == round_name]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["config"], []).append(r)
+    mean = {name: statistics.mean(r["swd_over_floor"] for r in rs) for name, rs in by.items()}
+    frac = rows[0]["fraction"] if rows else 0
+    lines = [
+        f"round {round_name}: budget {frac:g} x {budget.get('budget_cpu_s', 0) / 60:.1f} CPU-min "
+        f"(1 thread; the defaults' {budget.get('kimg', 0):g} kimg), floor SWD {budget.get('floor', 0):.2f}",
+        "",
+        "| config | overrides | seeds | img/s (CPU) | kimg | SWD | SWD/floor | vs defaults | NN RMS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in sorted(by, key=lambda n: mean[n]):
+        rs = by[name]
+        over = json.dumps(CONFIGS.get(name, {})).replace('"', "").replace("|", "/") or "-"
+        rel = f"{mean[name] / mean['defaults']:.3f}" if "defaults" in mean else "-"
+        lines.append(
+            f"| {name} | {over} | {len(rs)} | {statistics.mean(r['img_per_cpu_s'] for r in rs):.0f} "
+            f"| {statistics.mean(r['kimg'] for r in rs):.1f} | {_ms([r['swd'] for r in rs])} "
+            f"| {_ms([r['swd_over_floor'] for r in rs])} | {rel} "
+            f"| {statistics.mean(r['nn_rms_median'] for r in rs):.1f} |"
+        )
+    if "defaults" in mean and len(mean) > 1:
+        best = min((n for n in mean if n != "defaults"), key=lambda n: mean[n])
+        lines += ["", f"ratio: {mean[best] / mean['defaults']:.3f} (SWD/floor, {best} / defaults)"]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], names: list[str], round_name: str, path: Path) -> None:
+    """SWD (the trainer's eval/swd_avg) against CPU minutes: one thin line per seed, a thick mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for colour, name in zip(("tab:grey", "tab:blue", "tab:orange", "tab:green"), names, strict=False):
+        curves = [r["curve"] for r in rows if r["round"] == round_name and r["config"] == name and r["curve"]]
+        for c in curves:
+            ax.plot([p[0] for p in c], [p[2] for p in c], color=colour, alpha=0.35, lw=1)
+        n = min(len(c) for c in curves) if curves else 0
+        if n:
+            xs = [statistics.mean(c[i][0] for c in curves) for i in range(n)]
+            ys = [statistics.mean(c[i][2] for c in curves) for i in range(n)]
+            ax.plot(xs, ys, color=colour, lw=2.5, label=f"{name} (mean of {len(curves)} seeds)")
+    ax.set_xlabel("training CPU minutes (1 thread)")
+    ax.set_ylabel("eval/swd_avg (128 EMA samples vs 128 real)")
+    ax.set_title("SWD during training, built-in set, 64 px")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path.write_bytes(buf.getvalue())
+
+
+def side_by_side(paths_: list[Path], labels: list[str], path: Path) -> None:
+    """The grids next to each other, each with its label above it."""
+    from PIL import Image, ImageDraw
+
+    grids = [Image.open(q).convert("RGB") for q in paths_]
+    pad, head = 12, 24
+    w = sum(g.width for g in grids) + pad * (len(grids) + 1)
+    h = max(g.height for g in grids) + head + pad
+    sheet = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = pad
+    for grid, label in zip(grids, labels, strict=True):
+        draw.text((x, 6), label, fill="black")
+        sheet.paste(grid, (x, head))
+        x += grid.width + pad
+    sheet.save(path)
+
+
+def tiny_data(n: int = 24, size: int = 32) -> torch.Tensor:
+    """The first `n` built-in synthetic pictures at `size` px: what --tiny trains on."""
+    from PIL import Image
+
+    from pipeline import synthetic
+
+    arrays = []
+    for i in range(n):
+        item = synthetic.render(0, i)
+        with Image.open(io.BytesIO(item.data)) as img:
+            img = img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+            arrays.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
+    return torch.stack(arrays).view(n, size, size, 3).permute(0, 3, 1, 2).contiguous()
+
+
+def _report(row: dict[str, Any]) -> None:
+    print(
+        f"    {row['kimg']:.1f} kimg in {row['cpu_s'] / 60:.2f} CPU-min ({row['wall_s'] / 60:.2f} wall), "
+        f"SWD {row['swd']:.2f} = {row['swd_over_floor']:.3f} x floor",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--round", default="screen", help="name of this round in the results (default: screen)")
+    ap.add_argument("--configs", default="all", help="comma list of config names, or all")
+    ap.add_argument("--seeds", default="0", help="comma list of seeds")
+    ap.add_argument(
+        "--fraction", type=float, default=1.0, help="budget as a fraction of the defaults' CPU time"
+    )
+    ap.add_argument("--curve-kimg", type=float, default=5.0, help="in-training SWD interval; 0 = off")
+    ap.add_argument("--eval-n", type=int, default=EVAL_N, help="generated images for the final SWD")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/quality_study"), help="output folder")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", type=Path, default=paths.PROCESSED, help="processed images (index.csv)")
+    ap.add_argument(
+        "--plot", default="", help="comma list of configs: only write the SWD-vs-minutes plot and their grids"
+    )
+    ap.add_argument("--tiny", action="store_true", help="32 px, 24 images, a few steps: a smoke test")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    rows, budget = load_results(results)
+    if args.plot:
+        names = args.plot.split(",")
+        plot(rows, names, args.round, args.out / "swd_vs_minutes.png")
+        grids = [args.out / f"{args.round}_{n}_s0.png" for n in names]
+        side_by_side(grids, [f"{n} (seed 0)" for n in names], args.out / "grids_side_by_side.png")
+        print(f"wrote {args.out / 'swd_vs_minutes.png'} and {args.out / 'grids_side_by_side.png'}")
+        return 0
+
+    names = TINY_CONFIGS if args.tiny else list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown config {unknown[0]!r}; known: {', '.join(CONFIGS)}")
+    base = load_params(args.params).train
+    args.swd = {}  # SWD as the evaluate stage computes it
+    if args.tiny:
+        base = dataclasses.replace(base, resolution=32, channels=8, batch_size=8, kimg=0.032)
+        data = tiny_data()
+        args.eval_n, args.curve_kimg = 16, 0.016
+        args.swd = {"patches_per_image": 16, "projections": 64}
+    else:
+        data = load_dataset(args.data, base.resolution)
+    if not budget:
+        a, b = split_halves(data, EVAL_SEED)
+        floor = multiscale_swd(a, b, seed=EVAL_SEED, **args.swd)["swd_avg"]
+        budget = {"floor": floor, "kimg": base.kimg, "images": data.shape[0]}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if "budget_cpu_s" not in budget:  # the unit, measured once: the defaults, seed 0, to train.kimg
+        print(f"measuring the budget: defaults, seed 0, {base.kimg:g} kimg ...", flush=True)
+        unit = argparse.Namespace(**{**vars(args), "round": "final", "fraction": 1.0})
+        row = run_one("defaults", 0, base, data, unit, budget)
+        append(results, budget)
+        append(results, row)
+        rows.append(row)
+        _report(row)
+    done = {(r["round"], r["config"], r["seed"]) for r in rows}
+    todo = [(n, s) for n in names for s in seeds if (args.round, n, s) not in done]
+    for i, (name, seed) in enumerate(todo):
+        print(f"[{i + 1}/{len(todo)}] {args.round} {name} seed {seed} ...", flush=True)
+        row = run_one(name, seed, base, data, args, budget)
+        append(results, row)
+        rows.append(row)
+        _report(row)
+    print(table(rows, args.round, budget))
+    return 0 if math.isfinite(budget.get("floor", math.nan)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""benchmarks/quality_study.py in --tiny mode: the same code paths as the real study, in seconds."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("quality_study", ROOT / "benchmarks" / "quality_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_study_measures_budget_then_screens_and_continues(tmp_path, capsys):
+    study = _study()
+    out = tmp_path / "q"
+    args = ["--tiny", "--out", str(out), "--params", str(ROOT / "params.yaml")]
+    assert study.main(args) == 0
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    budget, runs = lines[0], lines[1:]
+    assert budget["budget_cpu_s"] > 0 and budget["floor"] > 0
+    # The unit (defaults, seed 0, to train.kimg) is measured first, then every tiny config once.
+    assert runs[0]["round"] == "final" and runs[0].get("defines_budget")
+    screened = [r for r in runs if r["round"] == "screen"]
+    assert {r["config"] for r in screened} == set(study.TINY_CONFIGS)
+    for r in screened:
+        # Stopped by CPU time, not by kimg: at least the budget, at most a few steps more.
+        assert r["cpu_s"] >= budget["budget_cpu_s"]
+        assert r["kimg"] > 0 and r["swd"] > 0 and r["nn_rms_median"] > 0
+        assert r["curve"], "the in-training SWD curve was recorded"
+        assert (out / f"screen_{r['config']}_s0.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "| defaults |" in printed and "ratio:" in printed
+    # A second call finds every run done: nothing is trained again, the table is the same.
+    assert study.main(args) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
+    pytest.importorskip("matplotlib")
+    assert study.main(["--plot", "defaults,ttur", "--round", "screen", "--out", str(out)]) == 0
+    assert (out / "swd_vs_minutes.png").stat().st_size > 0
+    assert (out / "grids_side_by_side.png").stat().st_size > 0
+
+
+def test_study_only_overrides_reach_the_optimisers():
+    study = _study()
+    data = study.tiny_data(n=4)
+    base = study.load_params(ROOT / "params.yaml").train
+    import dataclasses
+
+    p = dataclasses.replace(base, resolution=32, channels=8, batch_size=4)
+    t = study.build(p, {"lr_g": 1e-4, "lr_d": 3e-4, "d_channels": 4}, data)
+    assert t.opt_g.param_groups[0]["lr"] == 1e-4
+    assert t.opt_d.param_groups[0]["lr"] == 3e-4
+    first = next(t.d.parameters())
+    assert first.shape[0] == 4  # D's first conv has d_channels filters
+    assert any(q is first for g in t.opt_d.param_groups for q in g["params"])
+
+
+def test_unknown_config_is_one_clear_error(tmp_path):
+    study = _study()
+    with pytest.raises(SystemExit):
+        study.main(["--configs", "nope", "--out", str(tmp_path), "--params", str(ROOT / "params.yaml")])
