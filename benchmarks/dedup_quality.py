@@ -190,7 +190,7 @@ def imagededup_phash() -> type:
 def sweep(info: dict, shas: list[str], truth: list[str], kinds: list[str], p: DedupParams) -> None:
     """Precision / recall of the grouping for a grid of verification limits (README table):
     overall, and the lowest of any family (precision and recall each at their worst)."""
-    scores, colours = [0.7, 0.75, 0.8, 0.85], [24, 28, 32]
+    scores, colours = [0.7, 0.75, 0.8, 0.85], [10, 14, 18]
     print(f"\nverification sweep at threshold {p.threshold} (precision / recall)")
     print(f"{'min_score':>9} " + " ".join(f"{'colour ' + str(c) + ' (worst family)':>31}" for c in colours))
     for s in scores:

@@ -433,11 +433,30 @@ def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 GAIN = 1.5  # brightness is matched up to this factor either way
 
 
+def _tolerant_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel of (p, H, W, 3) windows a and b: the mean absolute RGB difference to the
+    closest-coloured pixel of the other within one pixel (3x3), averaged over a's and b's
+    side. Edges moved by a fraction of a pixel (a crop, a rescale) then cost little,
+    while a change of colour costs as much as without the tolerance. Symmetric."""
+    p, h, w, _ = a.shape
+    padded = np.full((p, h + 2, w + 2, 3), np.inf, np.float32)
+    padded[:, 1:-1, 1:-1] = b
+    a_side = np.full((p, h, w), np.inf, np.float32)
+    b_side = np.full((p, h + 2, w + 2), np.inf, np.float32)
+    for oy in range(3):
+        for ox in range(3):
+            # a[y, x] against b[y + oy - 1, x + ox - 1]: the same differences serve b's side.
+            d = _rgb_sum(np.abs(a - padded[:, oy : oy + h, ox : ox + w])) / 3
+            np.minimum(a_side, d, out=a_side)
+            np.minimum(b_side[:, oy : oy + h, ox : ox + w], d, out=b_side[:, oy : oy + h, ox : ox + w])
+    return (a_side + b_side[:, 1:-1, 1:-1]) / 2
+
+
 def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Mean absolute colour difference (0-255) of thumbnails f[ia[k]] and f[ib[k]] over
-    their overlap at displacement shift[k], after matching brightness, over the pixels
-    that are foreground in either (all of them when neither has any): hashes and the
-    correlation are blind to a uniform change of colour. Symmetric in a and b."""
+    """Mean colour difference (0-255, see _tolerant_error) of thumbnails f[ia[k]] and
+    f[ib[k]] over their overlap at displacement shift[k], after matching brightness, over
+    the pixels that are foreground in either (all of them when neither has any): hashes
+    and the correlation are blind to a uniform change of colour. Symmetric in a and b."""
     out = np.empty(len(ia), np.float32)
     # Grouped by displacement, each window is a plain slice: much cheaper than a gather.
     for k in np.unique(shift).tolist():
@@ -449,7 +468,7 @@ def _colour(f: np.ndarray, fg: np.ndarray, ia: np.ndarray, ib: np.ndarray, shift
         p = len(sel)
         gain = (aw.reshape(p, -1).mean(axis=1) + 1e-3) / (bw.reshape(p, -1).mean(axis=1) + 1e-3)
         root = np.sqrt(np.clip(gain, 1 / GAIN, GAIN))[:, None, None, None]
-        err = (_rgb_sum(np.abs(aw / root - bw * root)) / 3).reshape(p, -1)
+        err = _tolerant_error(aw / root, bw * root).reshape(p, -1)
         mask = mask.reshape(p, -1)
         mask[~mask.any(axis=1)] = True
         out[sel] = (err * mask).sum(axis=1) / mask.sum(axis=1)

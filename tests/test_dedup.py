@@ -176,7 +176,7 @@ def test_distinct_flat_images_that_collide_in_phash_stay_apart():
         _, _, d = candidate_pairs(hashes, 8)
         assert len(d) == 1 and d[0] <= 8  # the hashes collide...
         verifier = partial(verify_pairs, thumbs)
-        g = group(np.arange(2), candidate_pairs(hashes, 8), verifier, 0.85, 28)
+        g = group(np.arange(2), candidate_pairs(hashes, 8), verifier, 0.85, 14)
         assert g.leader.tolist() == [0, 1]  # ...and verification keeps them apart
         assert len(g.rejected) == 1
 
@@ -193,11 +193,11 @@ def test_verify_pairs_measures_colour_only_where_the_correlation_passes():
     a, b = np.array([0, 0, 0]), np.array([1, 2, 3])
     # The copy's own thumbnails correlate well but differ at the edges (a 4% crop scales the
     # content): with max_colour, its centre crop is compared too, and that comparison counts.
-    score, colour = verify_pairs(thumbs, a, b, min_score=0.85, max_colour=28)
-    assert score[0] >= 0.85 and colour[0] <= 28  # the copy verifies
-    assert score[1] >= 0.85 and colour[1] > 28  # the recoloured sprite fails on colour
+    score, colour = verify_pairs(thumbs, a, b, min_score=0.85, max_colour=14)
+    assert score[0] >= 0.85 and colour[0] <= 14  # the copy verifies
+    assert score[1] >= 0.85 and colour[1] > 14  # the recoloured sprite fails on colour
     assert score[2] < 0.85 and np.isnan(colour[2])  # fails on correlation: colour not measured
-    s_all, c_all = verify_pairs(thumbs, a, b, max_colour=28)  # no min_score: every colour is measured
+    s_all, c_all = verify_pairs(thumbs, a, b, max_colour=14)  # no min_score: every colour is measured
     assert np.array_equal(s_all, score) and not np.isnan(c_all).any()
     assert np.allclose(c_all[:2], colour[:2])
 
