@@ -1,7 +1,7 @@
 """Quality study: which training choices give better samples for the same compute, on the built-in set.
 
 Each configuration is the `train:` section of params.yaml plus a few
-overrides. Every run trains pipeline.train.Trainer on the processed training
+overrides. Every run trains pipeline.trainer.Trainer on the processed training
 set (data/processed, as `dvc repro resize` leaves it) on ONE CPU thread, for a
 budget of **CPU seconds of this process** (time.process_time), not wall-clock:
 the machine is shared, and CPU time of a 1-thread process is what a config
@@ -24,12 +24,13 @@ already there are skipped, so an interrupted study continues.
 
     python benchmarks/quality_study.py --round screen --fraction 0.33 --seeds 0
     python benchmarks/quality_study.py --round final --seeds 0,1,2 --configs defaults,hinge
-    python benchmarks/quality_study.py --plot defaults,new --round final   # SWD-vs-minutes PNG
+    python benchmarks/quality_study.py --plot defaults,lr_x2 --round final  # SWD-vs-minutes PNG, grids
     python benchmarks/quality_study.py --tiny --out /tmp/q   # seconds; what the unit test runs
 
-Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `d_channels`)
-are set by this script after the Trainer is built: screening only, they are not
-training params unless the study shows they help.
+Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `d_channels`,
+`lecam`) are set by this script after the Trainer is built: screening only, they
+are not training params unless the study shows they help. Results and verdicts:
+README, "Quality study".
 """
 
 from __future__ import annotations
