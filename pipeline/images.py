@@ -412,25 +412,6 @@ def load_rgb(path: str | Path, background: RGB = (255, 255, 255)) -> Image.Image
     return decode(path, background).image
 
 
-def load_thumbnail(
-    path: str | Path,
-    size: int,
-    background: RGB = (255, 255, 255),
-    resample: Image.Resampling = Image.Resampling.LANCZOS,
-) -> Image.Image:
-    """Like load_rgb, but scaled to fit in `size` x `size` (aspect kept), decoded reduced: fast.
-
-    For hashing and previews. Smaller pictures are returned at their own size.
-    """
-    d = decode(path, background, reduce_for=size)
-    w, h = d.size
-    scale = min(size / w, size / h, 1.0)
-    target = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if target == d.image.size and d.box == (0.0, 0.0, *map(float, target)):
-        return d.image
-    return d.image.resize(target, resample, box=d.box, reducing_gap=REDUCING_GAP)
-
-
 def contact_sheet(
     items: Sequence[tuple[Image.Image, str]],
     thumb: int = 96,

@@ -12,7 +12,6 @@ from pipeline.images import (
     ImageError,
     decode,
     load_rgb,
-    load_thumbnail,
     probe,
     write_bytes_atomic,
 )
@@ -303,9 +302,11 @@ def test_reduced_decode_matches_full_resolution(photo_jpeg, orientation, mode):
     assert psnr(fast, exact) >= 40
 
 
-def test_load_thumbnail_keeps_aspect_and_is_close(photo_jpeg):
-    thumb = load_thumbnail(photo_jpeg[6], 100)
-    assert thumb.size == (75, 100)  # upright 1203 x 1601
+def test_reduced_decode_then_resize_is_close_to_the_full_resize(photo_jpeg):
+    # resize.py's path: decode at a reduced JPEG scale for the target, then finish with Lanczos.
+    d = decode(photo_jpeg[6], (255, 255, 255), reduce_for=100)
+    assert max(d.image.size) < 1601  # decoded reduced
+    thumb = d.image.resize((75, 100), Image.Resampling.LANCZOS, box=d.box, reducing_gap=2.0)
     expected = load_rgb(photo_jpeg[6]).resize((75, 100), Image.Resampling.LANCZOS)
     assert psnr(thumb, expected) >= 40
 
