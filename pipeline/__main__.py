@@ -14,8 +14,9 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
-from pipeline import export, generate
+from pipeline import generate, paths
 from pipeline.errors import DISK_ERRNOS, PipelineError, disk_error
 from pipeline.params import load_params
 
@@ -48,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     rv.add_argument("--no-browser", action="store_true", help="print the URL, don't open a browser")
     generate.add_arguments(sub.add_parser("generate", help="images from models/ without DVC or params.yaml"))
-    export.add_arguments(
-        sub.add_parser("export", help="hand over the generator: safetensors, config, model card")
-    )
+    # export imports torch; it is imported only when run, so `curate accept` and friends start fast.
+    ex = sub.add_parser("export", help="hand over the generator: safetensors, config, model card")
+    ex.add_argument("--out", type=Path, required=True, help="folder to write the export to")
+    ex.add_argument("--model", type=Path, default=paths.MODEL, help="generator file (default: %(default)s)")
     return ap
 
 
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             generate.main(args)
             return 0
         if args.stage == "export":
+            from pipeline import export
+
             export.main(args)
             return 0
         params = load_params(args.params)

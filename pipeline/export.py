@@ -40,11 +40,6 @@ IMAGE_FIELDS = ["id", "source", "query", "origin", "page_url", *contracts.LICENC
 UNKNOWN = "not reported by the source"
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--out", type=Path, required=True, help="folder to write the export to")
-    ap.add_argument("--model", type=Path, default=paths.MODEL, help="generator file (default: %(default)s)")
-
-
 def sample_latents(n: int, latent_dim: int, seed: int = SAMPLE_SEED) -> torch.Tensor:
     """The latents of samples.png and of the README's loading example."""
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
