@@ -104,3 +104,21 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "live" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny downloaded and deduplicated set, made once per test module."""
+    from tests.test_review_api import make_dataset
+
+    root = tmp_path_factory.mktemp("review-data")
+    return root, make_dataset(root)
+
+
+@pytest.fixture
+def data(in_tmp, dataset) -> dict:
+    """A fresh copy of that set, in the test's own folder."""
+    root, info = dataset
+    shutil.copytree(root / "data", in_tmp / "data")
+    shutil.copy2(root / "params.yaml", in_tmp / "params.yaml")
+    return info

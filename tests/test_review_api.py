@@ -3,7 +3,6 @@
 import csv
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -44,21 +43,6 @@ def make_dataset(root: Path, count: int = 30) -> dict:
 
 def rows(root: Path) -> dict[str, str]:
     return {i: r["decision"] for i, r in read_manifest(root / paths.MANIFEST).rows.items()}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("review-data")
-    return root, make_dataset(root)
-
-
-@pytest.fixture
-def data(in_tmp, dataset) -> dict:
-    """A fresh copy of the tiny downloaded and deduplicated set, in the test's own folder."""
-    root, info = dataset
-    shutil.copytree(root / "data", in_tmp / "data")
-    shutil.copy2(root / "params.yaml", in_tmp / "params.yaml")
-    return info
 
 
 @pytest.fixture

@@ -44,12 +44,13 @@ from PIL import Image
 from pipeline import curate, download, paths
 from pipeline.__main__ import main
 from pipeline.curate import Manifest, ManifestError, format_manifest, parse_manifest, read_manifest
-from pipeline.fetch import MAX_URL, Fetcher, Task, read_log
+from pipeline.fetch import MAX_URL, Task, read_log
 from pipeline.params import params_from_dict
 from pipeline.review import create_app
 from tests.conftest import ROOT, env, make_project, sh, write_params
 from tests.loopback import Server, _Quiet, bomb_png, image_bytes
-from tests.test_review_api import BASE, PORT, make_dataset, rows, start_review
+from tests.test_fetch import fetcher
+from tests.test_review_api import BASE, PORT, rows, start_review
 
 E = env() | {"PYTHONPATH": str(ROOT)}  # subprocesses import this checkout's pipeline
 
@@ -80,23 +81,9 @@ BAD_URLS = {
 }
 
 
-def fetcher(store: Path) -> Fetcher:
-    return Fetcher(
-        store,
-        workers=2,
-        per_host=2,
-        timeout=2,
-        retries=0,
-        max_bytes=200_000,
-        min_side=32,
-        ca_bundle="",
-        user_agent="mario-gan-tests",
-    )
-
-
 @pytest.mark.parametrize("url", list(BAD_URLS), ids=lambda u: u[:24])
 def test_an_unparseable_url_is_rejected_with_a_reason_never_raised(tmp_path, url):
-    outcome = fetcher(tmp_path).fetch(Task(url))
+    outcome = fetcher(tmp_path, retries=0).fetch(Task(url))
     assert not outcome.ok and not outcome.retry
     assert outcome.reason.startswith(BAD_URLS[url]), outcome.reason
 
@@ -125,7 +112,7 @@ def redirector():
 
 @pytest.mark.parametrize("target", ["http://[::1/x.jpg", "http://a..b/x.jpg", "file:///etc/passwd"])
 def test_a_redirect_to_an_unparseable_url_is_rejected(tmp_path, redirector, target):
-    outcome = fetcher(tmp_path).fetch(Task(redirector + urllib.request.quote(target)))
+    outcome = fetcher(tmp_path, retries=0).fetch(Task(redirector + urllib.request.quote(target)))
     assert not outcome.ok and not outcome.retry
     assert outcome.reason.startswith(("bad redirect", "bad URL", "scheme 'file' refused")), outcome.reason
 
@@ -295,20 +282,6 @@ def test_any_text_parses_or_fails_with_a_manifest_error(text):
         assert str(exc).startswith("m.csv:")
         return
     assert parse_manifest(format_manifest(m)).rows == m.rows
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("torture-data")
-    return root, make_dataset(root)
-
-
-@pytest.fixture
-def data(in_tmp, dataset) -> dict:
-    root, info = dataset
-    shutil.copytree(root / "data", in_tmp / "data")
-    shutil.copy2(root / "params.yaml", in_tmp / "params.yaml")
-    return info
 
 
 def test_a_stray_quote_stops_curate_with_one_line(data, capsys):
