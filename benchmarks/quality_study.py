@@ -82,8 +82,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "betas_0_99": {"beta1": 0.0, "beta2": 0.99},
     "ema_1": {"ema_kimg": 1.0},
     "lecam": {"lecam": 0.3},
+    "ema_r15": {"ema_rampup": 0.15},
+    "lr_decay": {"lr_decay": 0.5},
+    "lr_x2_decay": {"lr": 0.0004, "lr_decay": 0.5},
 }
-STUDY_ONLY = ("lr_g", "lr_d", "d_channels", "lecam")
+STUDY_ONLY = ("lr_g", "lr_d", "d_channels", "lecam", "ema_rampup", "lr_decay")
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam"]  # --tiny: one of each code path
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
@@ -114,6 +117,8 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
     t = (LeCamTrainer if "lecam" in extra else Trainer)(p, data, torch.device("cpu"))
     t.lecam = extra.get("lecam", 0.0)
+    t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
+    t.lr_decay = extra.get("lr_decay", 0.0)
     if "d_channels" in extra:
         torch.manual_seed(p.seed + 777)
         t.d = Discriminator(p.resolution, extra["d_channels"], p.max_channels, p.spectral_norm)
@@ -139,6 +144,14 @@ def train(
             break
         if budget_cpu_s is not None and cpu >= budget_cpu_s:
             break
+        if getattr(t, "lr_decay", 0.0) > 0 and budget_cpu_s:
+            # constant, then linear to 0 over the last `lr_decay` of the budget
+            left = max(0.0, 1.0 - cpu / budget_cpu_s)
+            scale = min(1.0, left / t.lr_decay)
+            for opt in (t.opt_g, t.opt_d):
+                for group in opt.param_groups:
+                    group.setdefault("base_lr", group["lr"])
+                    group["lr"] = group["base_lr"] * scale
         c0, w0 = time.process_time(), time.perf_counter()
         t.step()
         cpu += time.process_time() - c0

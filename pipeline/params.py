@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import functools
 import math
-import os
 import re
 import types
 import typing
@@ -28,6 +27,7 @@ PARAMS_FILE = Path("params.yaml")
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 # torch.manual_seed takes 64 bits; the trainer derives seed * 1000 + rank + step from train.seed.
 SEED_MAX = 2**32 - 1
+MAX_THREADS = 1024  # train.threads: torch.set_num_threads(100000) segfaults
 
 T = TypeVar("T")
 
@@ -317,12 +317,12 @@ class TrainParams:
             "train.compile",
             "cannot be combined with train.r1_gamma > 0 (R1 needs double backward); turn one off",
         )
-        # torch.set_num_threads(100000) segfaults; more threads than CPUs only slows a step down.
-        cpus = os.cpu_count() or 1
+        # torch.set_num_threads(100000) segfaults. Above this machine's CPUs is allowed (params.yaml may
+        # be written for a bigger box): train clamps it to the CPU count with a warning.
         _check(
-            0 <= self.threads <= cpus,
+            0 <= self.threads <= MAX_THREADS,
             "train.threads",
-            f"must be 0 (torch's default) or 1..{cpus} (the CPUs of this machine), got {self.threads}",
+            f"must be 0 (torch's default) or 1..{MAX_THREADS}, got {self.threads}",
         )
 
 

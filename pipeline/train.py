@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,15 @@ class Progress:
         return self.t.step_count % every == 0 or self.t.step_count == self.total
 
 
+def set_threads(threads: int) -> int:
+    """torch's CPU threads: `threads`, at most this machine's CPUs (more only slows a step down)."""
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        log.warning("train: train.threads is %d but this machine has %d CPUs; using %d", threads, cpus, cpus)
+    torch.set_num_threads(min(threads, cpus))
+    return torch.get_num_threads()
+
+
 def run(params: Params) -> dict[str, float]:
     """Train (or resume) for `train.kimg` thousand images; write models/generator.pt and the checkpoint."""
     p = params.train
@@ -78,7 +88,7 @@ def run(params: Params) -> dict[str, float]:
             "lower train.resolution or raise resize.size"
         )
     if p.threads:
-        torch.set_num_threads(p.threads)
+        set_threads(p.threads)
     rank, world, device = distributed.init(pick_device(p.device))
     try:
         return _train(p, rank, world, device)

@@ -94,6 +94,7 @@ class Trainer:
         # Per-step stats stay on the device and are summed; reading them is the only sync, at log time.
         self.acc = torch.zeros(4, device=device)
         self.acc_steps = 0
+        self.ema_rampup = EMA_RAMPUP
 
     def autocast(self):
         if self.precision == "bf16":
@@ -162,7 +163,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        ema_nimg = min(self.p.ema_kimg * 1000, self.nimg * EMA_RAMPUP)
+        ema_nimg = min(self.p.ema_kimg * 1000, self.nimg * self.ema_rampup)
         beta = 0.5 ** (self.images_per_step / max(ema_nimg, 1e-8))
         ema, raw = list(self.g_ema.parameters()), list(self.g.parameters())
         torch._foreach_lerp_(ema, raw, 1.0 - beta)

@@ -483,6 +483,25 @@ def test_a_real_full_or_read_only_tmpfs_under_processed(accepted, opts, why):
     assert "data/processed" in line and why in line
 
 
+@pytest.mark.skipif(not _can_mount(), reason="cannot mount a tmpfs in a private mount namespace here")
+def test_training_onto_a_real_full_tmpfs_is_one_line(accepted):
+    """A full models/ (a real 8 kB tmpfs) while train saves generator.pt and the checkpoint: the
+    one disk line, naming the file, not a traceback from torch.save."""
+    train = {"resolution": 32, "channels": 8, "batch_size": 8, "kimg": 0.032, "eval_kimg": 0, "threads": 1}
+    write_params(
+        Path.cwd(), {"download": {"count": 30}, "resize": {"size": 32, "workers": 1}, "train": train}
+    )
+    assert main(["resize"]) == 0
+    Path("models").mkdir(exist_ok=True)
+    script = f"mount -t tmpfs -o size=8k none models && exec {sys.executable} -m pipeline train"
+    p = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], env=E, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "models/" in line and "No space left" in line
+
+
 # --- links, loops and DVC cache types under data/raw ------------------------------------------------
 
 

@@ -6,7 +6,9 @@ the file: `2e-4` is a float in YAML 1.2 (yaml.org/spec/1.2.2, 10.2.1.4 "Floating
 """
 
 import dataclasses
+import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from pipeline.__main__ import main
 from pipeline.params import SEED_MAX, Params, ParamsError, defaults, params_from_yaml
+from pipeline.train import set_threads
 from tests.conftest import ROOT, env
 
 PROJECT = (ROOT / "params.yaml").read_bytes()
@@ -82,8 +85,26 @@ def test_threads_beyond_the_machine_are_one_line_not_a_segfault(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: params.yaml: train.threads: must be 0 (torch's default) or 1..")
-    assert proc.stderr.count("\n") == 1
+    assert (
+        proc.stderr
+        == "error: params.yaml: train.threads: must be 0 (torch's default) or 1..1024, got 100000\n"
+    )
+
+
+def test_threads_above_this_machines_cpus_are_clamped_with_a_warning(caplog):
+    """A params.yaml written for a 16-core GPU box still trains on a 2-core laptop."""
+    cpus = os.cpu_count() or 1
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+            assert set_threads(cpus + 14) == cpus
+        assert f"train.threads is {cpus + 14} but this machine has {cpus} CPUs; using {cpus}" in caplog.text
+        caplog.clear()
+        assert set_threads(1) == 1 and not caplog.text
+    finally:
+        torch.set_num_threads(before)
+    params = params_from_yaml(with_value("train.threads", str(cpus + 14)))
+    assert params.train.threads == cpus + 14
 
 
 def test_non_utf8_params_is_one_line_naming_the_line(tmp_path, capsys, monkeypatch):
