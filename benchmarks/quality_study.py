@@ -27,9 +27,11 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --plot defaults,lr_x2 --round final  # SWD-vs-minutes PNG, grids
     python benchmarks/quality_study.py --tiny --out /tmp/q   # seconds; what the unit test runs
 
-Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `d_channels`,
-`lecam`) are set by this script after the Trainer is built: screening only, they
-are not training params unless the study shows they help. Results and verdicts:
+Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
+`ema_rampup`, `lr_decay`) are set by this script after the Trainer is built:
+screening only, they are not training params unless the study shows they help
+(`d_channels` was one, and became a param). Runs recorded before that built
+the narrower D after G with another seed (seed + 777), not right after G. Results and verdicts:
 README, "Quality study".
 """
 
@@ -52,16 +54,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import paths
 from pipeline.evaluate import split_halves
-from pipeline.model import Discriminator
 from pipeline.params import TrainParams, load_params
 from pipeline.sample import latents, nearest_neighbours
 from pipeline.swd import multiscale_swd
 from pipeline.tensors import load_dataset, to_image, to_uint8
-from pipeline.trainer import Trainer, _make_adam
+from pipeline.trainer import Trainer
 
-# name -> overrides of params.yaml's train section. "defaults" is the baseline every ratio is against.
+# name -> overrides of the train section as it was before the study ("defaults", the baseline every
+# ratio is against): params.yaml's values, with D as wide as G. The study's result, a D of half G's
+# width, is in params.yaml now, so `d_channels` follows `channels` here unless a config sets it.
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "new_defaults": {"d_channels": 16},  # params.yaml after the study (tests/test_quality_study.py checks)
     # losses and regularisers
     "hinge": {"loss": "hinge"},
     "sn_hinge": {"spectral_norm": True, "loss": "hinge"},
@@ -74,9 +78,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "ch48": {"channels": 48},
     "ch24": {"channels": 24},
     "d_half": {"d_channels": 16},
+    "d12": {"d_channels": 12},
+    "g24_d16": {"channels": 24, "d_channels": 16},
+    "d_half_lr_half": {"d_channels": 16, "lr": 0.0001},
     # optimisation
     "ttur": {"lr_g": 0.0001, "lr_d": 0.0004},
     "lr_x2": {"lr": 0.0004},
+    "lr_half": {"lr": 0.0001},
+    "lr_0.00015": {"lr": 0.00015},
     "bs16": {"batch_size": 16},
     "bs64": {"batch_size": 64},
     "betas_0_99": {"beta1": 0.0, "beta2": 0.99},
@@ -86,8 +95,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lr_decay": {"lr_decay": 0.5},
     "lr_x2_decay": {"lr": 0.0004, "lr_decay": 0.5},
 }
-STUDY_ONLY = ("lr_g", "lr_d", "d_channels", "lecam", "ema_rampup", "lr_decay")
-TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam"]  # --tiny: one of each code path
+STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay")
+TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay"]  # --tiny: one of each code path
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
 
@@ -119,12 +128,6 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     t.lecam = extra.get("lecam", 0.0)
     t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
     t.lr_decay = extra.get("lr_decay", 0.0)
-    if "d_channels" in extra:
-        torch.manual_seed(p.seed + 777)
-        t.d = Discriminator(p.resolution, extra["d_channels"], p.max_channels, p.spectral_norm)
-        t.d = t.d.to(memory_format=t.fmt)
-        t.d_fwd = t.d
-        t.opt_d = _make_adam(t.d.parameters(), p, t.device)
     for key, opt in (("lr_g", t.opt_g), ("lr_d", t.opt_d)):
         if key in extra:
             for group in opt.param_groups:
@@ -172,13 +175,19 @@ def final_eval(t: Trainer, real: torch.Tensor, floor: float, n: int, swd_kw: dic
     return {"swd": swd, "swd_over_floor": swd / floor, "nn_rms_median": float(dist.median())}
 
 
-def run_one(
-    name: str, seed: int, base: TrainParams, data: torch.Tensor, args: argparse.Namespace, budget: dict
-) -> dict[str, Any]:
+def config_params(name: str, seed: int, base: TrainParams) -> tuple[TrainParams, dict[str, Any]]:
+    """The TrainParams of one config and seed (1 CPU thread), and its study-only overrides."""
     spec = CONFIGS[name]
     extra = {k: v for k, v in spec.items() if k in STUDY_ONLY}
     fields = {k: v for k, v in spec.items() if k not in STUDY_ONLY}
-    p = dataclasses.replace(base, **fields, seed=seed, threads=1, device="cpu", eval_kimg=0)
+    fields.setdefault("d_channels", fields.get("channels", base.channels))  # the pre-study D
+    return dataclasses.replace(base, **fields, seed=seed, threads=1, device="cpu", eval_kimg=0), extra
+
+
+def run_one(
+    name: str, seed: int, base: TrainParams, data: torch.Tensor, args: argparse.Namespace, budget: dict
+) -> dict[str, Any]:
+    p, extra = config_params(name, seed, base)
     t = build(p, extra, data)
     curve_real = data[
         torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))[:CURVE_IMAGES]

@@ -255,6 +255,7 @@ class ResizeParams:
 class TrainParams:
     resolution: int
     channels: int
+    d_channels: int
     max_channels: int
     latent_dim: int
     upsample: Literal["deconv", "nearest"]
@@ -287,10 +288,12 @@ class TrainParams:
             f"must be a power of two from 32 to 512, got {r}",
         )
         _check(1 <= self.channels <= 1024, "train.channels", f"must be 1..1024, got {self.channels}")
+        _check(1 <= self.d_channels <= 1024, "train.d_channels", f"must be 1..1024, got {self.d_channels}")
         _check(
-            self.max_channels >= self.channels,
+            self.max_channels >= max(self.channels, self.d_channels),
             "train.max_channels",
-            f"must be at least train.channels ({self.channels}), got {self.max_channels}",
+            f"must be at least train.channels and train.d_channels "
+            f"({max(self.channels, self.d_channels)}), got {self.max_channels}",
         )
         _check(self.latent_dim >= 1, "train.latent_dim", "must be at least 1")
         _check(self.r1_gamma >= 0, "train.r1_gamma", f"must be 0 (off) or more, got {self.r1_gamma}")

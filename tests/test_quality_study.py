@@ -1,5 +1,6 @@
 """benchmarks/quality_study.py in --tiny mode: the same code paths as the real study, in seconds."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -49,18 +50,28 @@ def test_study_only_overrides_reach_the_optimisers():
     study = _study()
     data = study.tiny_data(n=4)
     base = study.load_params(ROOT / "params.yaml").train
-    import dataclasses
-
-    p = dataclasses.replace(base, resolution=32, channels=8, batch_size=4)
-    t = study.build(p, {"lr_g": 1e-4, "lr_d": 3e-4, "d_channels": 4}, data)
+    p = dataclasses.replace(base, resolution=32, channels=8, d_channels=4, batch_size=4)
+    t = study.build(p, {"lr_g": 1e-4, "lr_d": 3e-4, "ema_rampup": 0.2, "lr_decay": 0.5}, data)
     assert t.opt_g.param_groups[0]["lr"] == 1e-4
     assert t.opt_d.param_groups[0]["lr"] == 3e-4
+    assert t.ema_rampup == 0.2 and t.lr_decay == 0.5
     first = next(t.d.parameters())
     assert first.shape[0] == 4  # D's first conv has d_channels filters
-    assert any(q is first for g in t.opt_d.param_groups for q in g["params"])
+    # lr_decay: constant for the first half of the budget, then linear to 0 at its end.
+    budget = 1.0
+    study.train(t, budget, None, 0, None)
+    assert 0 < t.opt_d.param_groups[0]["lr"] < 3e-4 and t.opt_d.param_groups[0]["base_lr"] == 3e-4
 
 
-def test_unknown_config_is_one_clear_error(tmp_path):
+def test_configs_are_overrides_of_the_pre_study_defaults_and_new_defaults_is_params_yaml():
     study = _study()
-    with pytest.raises(SystemExit):
-        study.main(["--configs", "nope", "--out", str(tmp_path), "--params", str(ROOT / "params.yaml")])
+    base = study.load_params(ROOT / "params.yaml").train
+    old, _ = study.config_params("defaults", 0, base)
+    assert old.d_channels == old.channels  # before the study, D was as wide as G
+    ch24, _ = study.config_params("ch24", 0, base)
+    assert ch24.channels == ch24.d_channels == 24
+    new, extra = study.config_params("new_defaults", 0, base)
+    assert not extra
+    assert (
+        dataclasses.replace(new, threads=base.threads, device=base.device, eval_kimg=base.eval_kimg) == base
+    )

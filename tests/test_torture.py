@@ -487,7 +487,15 @@ def test_a_real_full_or_read_only_tmpfs_under_processed(accepted, opts, why):
 def test_training_onto_a_real_full_tmpfs_is_one_line(accepted):
     """A full models/ (a real 8 kB tmpfs) while train saves generator.pt and the checkpoint: the
     one disk line, naming the file, not a traceback from torch.save."""
-    train = {"resolution": 32, "channels": 8, "batch_size": 8, "kimg": 0.032, "eval_kimg": 0, "threads": 1}
+    train = {
+        "resolution": 32,
+        "channels": 8,
+        "d_channels": 4,
+        "batch_size": 8,
+        "kimg": 0.032,
+        "eval_kimg": 0,
+        "threads": 1,
+    }
     write_params(
         Path.cwd(), {"download": {"count": 30}, "resize": {"size": 32, "workers": 1}, "train": train}
     )

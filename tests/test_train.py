@@ -29,6 +29,7 @@ TINY = {
     "train": {
         "resolution": 32,
         "channels": 4,
+        "d_channels": 4,
         "batch_size": 8,
         "kimg": 0.08,
         "log_kimg": 0.016,
@@ -347,7 +348,12 @@ def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
         ({"resolution": 48}, "train.resolution: must be a power of two from 32 to 512, got 48"),
         ({"resolution": 1024}, "train.resolution: must be a power of two from 32 to 512"),
         ({"resolution": 512}, "train.resolution: 512 is above resize.size 256"),
-        ({"channels": 64, "max_channels": 32}, "train.max_channels: must be at least train.channels (64)"),
+        (
+            {"channels": 64, "max_channels": 32},
+            "train.max_channels: must be at least train.channels and train.d_channels (64)",
+        ),
+        ({"d_channels": 64, "max_channels": 32}, "train.d_channels (64), got 32"),
+        ({"d_channels": 0}, "train.d_channels: must be 1..1024, got 0"),
         ({"upsample": "bilinear"}, "train.upsample: must be one of deconv, nearest"),
         ({"loss": "wgan"}, "train.loss: must be one of bce, hinge"),
         ({"diffaugment": "color,colour"}, "train.diffaugment: unknown augmentation 'colour'"),
