@@ -115,14 +115,16 @@ def ours(files: list[Path], p: DedupParams) -> tuple[dict[int, tuple[float, floa
     reps.sort(key=lambda s: (-area[s], first[s]))
     hashes = np.array([feats[s].hashes for s in reps])
     thumbs = np.array([feats[s].thumbs for s in reps])
+    aspect = np.array([feats[s].aspect for s in reps])
     out, seconds = {}, {}
     for t in THRESHOLDS:
         t1 = time.perf_counter()
-        g, _ = dedup.group_features(hashes, thumbs, dataclasses.replace(p, threshold=t))
+        g, _ = dedup.group_features(hashes, thumbs, aspect, dataclasses.replace(p, threshold=t))
         seconds[t] = time.perf_counter() - t1
         label = {s: int(g.leader[k]) for k, s in enumerate(reps)}
         out[t] = [label[s] for s in shas]
-    return out, t_hash, {"group_s": seconds, "feats": feats, "reps": reps, "hashes": hashes, "thumbs": thumbs}
+    info = {"group_s": seconds, "feats": feats, "reps": reps, "hashes": hashes, "thumbs": thumbs}
+    return out, t_hash, info | {"aspect": aspect}
 
 
 def _area(path: Path) -> int:
@@ -197,7 +199,7 @@ def sweep(info: dict, shas: list[str], truth: list[str], kinds: list[str], p: De
         cells = []
         for c in colours:
             q = dataclasses.replace(p, min_score=s, max_colour_diff=c)
-            g, _ = dedup.group_features(info["hashes"], info["thumbs"], q)
+            g, _ = dedup.group_features(info["hashes"], info["thumbs"], info["aspect"], q)
             label = {sha: int(g.leader[k]) for k, sha in enumerate(info["reps"])}
             pred = [label[sha] for sha in shas]
             pr, rc = pair_scores(pred, truth)

@@ -65,8 +65,9 @@ from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever features() changes its output. v3: hashes from the box thumbnails.
-CACHE_VERSION = "v3"
+# Bumped whenever features() changes its output. v3: hashes from the box thumbnails;
+# v4: the aspect ratio.
+CACHE_VERSION = "v4"
 # A cache file, or a part saved while hashing: "<hash>-<size>-<mode>-<version>[.partNNNNN].npz".
 _CACHE_NAME = re.compile(r"-(v\d+)(?:\.part\d+)?\.npz$")
 FLUSH_EVERY = 512  # features saved as a part file every this many images: a kill loses fewer
@@ -117,8 +118,8 @@ def _read_cache(path: Path) -> Feats:
     try:
         with np.load(path) as z:
             out: Feats = {
-                str(s): Features(np.unpackbits(h)[: z["bits"]].reshape(2, -1).astype(bool), t)
-                for s, h, t in zip(z["sha"], z["hashes"], z["thumbs"], strict=True)
+                str(s): Features(np.unpackbits(h)[: z["bits"]].reshape(2, -1).astype(bool), t, float(r))
+                for s, h, t, r in zip(z["sha"], z["hashes"], z["thumbs"], z["aspect"], strict=True)
             }
             out |= {str(s): str(r) for s, r in zip(z["bad_sha"], z["bad_reason"], strict=True)}
             return out
@@ -141,6 +142,7 @@ def _write_cache(path: Path, feats: Feats) -> None:
                 len(good), -1
             ),
             thumbs=np.array([feats[s].thumbs for s in good], dtype=np.uint8).reshape(len(good), 2, 32, 32, 3),
+            aspect=np.array([feats[s].aspect for s in good], dtype=np.float64),
             bad_sha=np.array(bad, dtype="U64"),
             bad_reason=np.array([feats[s] for s in bad], dtype=str),
         )
@@ -211,10 +213,12 @@ def hash_files(files: dict[str, str], p: DedupParams, save: Callable[[Feats], No
 # --- 2. group ---------------------------------------------------------------------------
 
 
-def group_features(hashes: np.ndarray, thumbs: np.ndarray, p: DedupParams) -> tuple[Grouping, int]:
+def group_features(
+    hashes: np.ndarray, thumbs: np.ndarray, aspect: np.ndarray, p: DedupParams
+) -> tuple[Grouping, int]:
     """Search candidates and group images given best first; returns the grouping and the
     number of candidate pairs."""
-    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers))
+    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers), aspect)
     verifier = partial(
         verify_pairs,
         thumbs,
@@ -253,7 +257,8 @@ def group_rows(
     reps = list(rep_of_sha.values())  # already best first
     hashes = np.array([feats[rows[i]["sha256"]].hashes for i in reps]).reshape(len(reps), 2, -1)
     thumbs = np.array([feats[rows[i]["sha256"]].thumbs for i in reps]).reshape(len(reps), 2, 32, 32, 3)
-    grouping, n_pairs = group_features(hashes, thumbs, p)
+    aspect = np.array([feats[rows[i]["sha256"]].aspect for i in reps], dtype=np.float64)
+    grouping, n_pairs = group_features(hashes, thumbs, aspect, p)
     return reps, grouping, n_pairs
 
 

@@ -42,6 +42,13 @@ THUMB = 32
 WORK_SIDE = 128  # features() works on a copy reduced to about this shorter side
 SHIFT = 2  # pixels of the 32x32 thumbnail a crop may move the content
 FOREGROUND = 40  # summed |RGB - background| above which a thumbnail pixel is foreground
+# Copies may be cropped by up to 8% of each side's length (the probe above, and SHIFT below,
+# are sized for that), which changes the aspect ratio by up to 1/0.92; two such copies of
+# one picture (one cropped across, one down) differ by up to 1/0.92². Pairs further apart
+# are not candidates: on benchmarks/dedup_quality.py's set this gate removes 99 of the 283
+# falsely verified pairs of flags and 57 of 96 of screenshots (one layout at another
+# aspect ratio), 2 of the 7,691 true ones, and 28% of the candidate pairs (README).
+MAX_ASPECT_CHANGE = 1 / 0.92**2
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Features:
 
     hashes: np.ndarray  # (2, bits) bool: the image's hash, then its centre-crop probe's
     thumbs: np.ndarray  # (2, 32, 32, 3) uint8: the image, then its centre crop
+    aspect: float  # width / height, as displayed (upright)
 
 
 def work_side(hash_size: int) -> int:
@@ -68,6 +76,7 @@ def features(img: Image.Image, hash_name: str = "phash", hash_size: int = 8) -> 
     benchmarks/dedup_quality.py unchanged (README).
     """
     fn = HASHES[hash_name]
+    aspect = img.width / img.height
     factor = min(img.size) // work_side(hash_size)
     if factor >= 2:
         img = img.reduce(factor)
@@ -83,7 +92,7 @@ def features(img: Image.Image, hash_name: str = "phash", hash_size: int = 8) -> 
         sources = [grey, grey.crop(box)]
     hashes = np.stack([fn(s, hash_size=hash_size).hash.reshape(-1) for s in sources])
     thumbs = np.stack([np.asarray(s) for s in small])
-    return Features(hashes.astype(bool), thumbs.astype(np.uint8))
+    return Features(hashes.astype(bool), thumbs.astype(np.uint8), aspect)
 
 
 # --- search -----------------------------------------------------------------------------
@@ -295,10 +304,12 @@ def near_pairs(
 
 
 def candidate_pairs(
-    hashes: np.ndarray, threshold: int, workers: int = 1
+    hashes: np.ndarray, threshold: int, workers: int = 1, aspect: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (a < b) whose hashes, or one's hash and the other's probe hash, are within
-    `threshold` bits. `hashes` is (n, 2, bits) bool. Returns a, b and the smallest distance."""
+    `threshold` bits. `hashes` is (n, 2, bits) bool. Returns a, b and the smallest distance.
+    With `aspect` (n,) (width / height), pairs whose aspect ratios differ by more than
+    MAX_ASPECT_CHANGE are left out: no crop the stage allows for makes one from the other."""
     own, probe = hashes[:, 0], hashes[:, 1]
     q1, i1 = near_pairs(own, None, threshold, workers)
     q2, i2 = near_pairs(own, probe, threshold, workers)
@@ -318,7 +329,11 @@ def candidate_pairs(
     )
     key = a * len(hashes) + b
     key, first = np.unique(key, return_index=True)
-    return a[first], b[first], d[first]
+    a, b, d = a[first], b[first], d[first]
+    if aspect is not None:
+        keep = np.abs(np.log(aspect[a] / aspect[b])) <= math.log(MAX_ASPECT_CHANGE) + 1e-9
+        a, b, d = a[keep], b[keep], d[keep]
+    return a, b, d
 
 
 # --- verification -----------------------------------------------------------------------

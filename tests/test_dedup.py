@@ -483,3 +483,92 @@ def test_red_blue_copies_are_grouped_and_the_mirror_image_is_not(in_tmp):
     members = dedup.run(params_from_dict({"dedup": {"workers": 1}}))
     assert groups_of(members) == [["br"], ["rb", "rb-exif", "rb-gif", "rb-jpg"]]
     assert all(-1 <= float(m["score"]) <= 1 for m in members)
+
+
+# --- look-alikes and hard copies (issue 17, second part) -------------------------------------
+
+
+def tricolour(colours, size=(300, 200), edges=(1 / 3, 2 / 3)):
+    """A flag of three vertical bands, the edges at these fractions of the width."""
+    img = Image.new("RGB", size, colours[0])
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.rectangle((int(edges[0] * w), 0, w, h), fill=colours[1])
+    d.rectangle((int(edges[1] * w), 0, w, h), fill=colours[2])
+    return img
+
+
+def grouped(images):
+    """Leaders after searching and verifying `images` (best first) at the default params."""
+    p = params_from_dict({}).dedup
+    feats = [features(img) for img in images]
+    hashes = np.stack([f.hashes for f in feats])
+    thumbs = np.stack([f.thumbs for f in feats])
+    aspect = np.array([f.aspect for f in feats])
+    return dedup.group_features(hashes, thumbs, aspect, p)[0].leader.tolist()
+
+
+def test_features_record_the_upright_aspect_ratio():
+    assert features(tricolour(("red", "white", "blue"), (300, 200))).aspect == pytest.approx(1.5)
+    assert features(tricolour(("red", "white", "blue"), (200, 300))).aspect == pytest.approx(2 / 3)
+
+
+def test_pairs_whose_aspect_ratios_no_allowed_crop_explains_are_not_candidates():
+    # One layout at 3:2 and 2:1 (a band flag is the same at any width): the hashes and the
+    # thumbnails (squashed to 32x32) cannot tell them apart, the aspect ratio can.
+    wide = tricolour(((0, 146, 70), (255, 255, 255), (206, 43, 55)), (400, 200))
+    flag = tricolour(((0, 146, 70), (255, 255, 255), (206, 43, 55)), (300, 200))
+    feats = [features(wide), features(flag)]
+    hashes = np.stack([f.hashes for f in feats])
+    aspect = np.array([f.aspect for f in feats])
+    assert len(candidate_pairs(hashes, 10)[0]) == 1  # the hashes collide
+    assert len(candidate_pairs(hashes, 10, aspect=aspect)[0]) == 0
+    # The largest allowed difference: one copy cropped 8% across, another 8% down.
+    across = flag.crop((0, 0, 276, 200))
+    down = flag.crop((0, 0, 300, 184))
+    assert grouped([flag, across, down]) == [0, 0, 0]
+    feats = [features(across), features(down)]
+    pair = candidate_pairs(
+        np.stack([f.hashes for f in feats]), 10, aspect=np.array([f.aspect for f in feats])
+    )
+    assert len(pair[0]) == 1
+
+
+def test_two_flags_of_one_layout_in_other_colours_stay_apart():
+    layouts = [(1 / 3, 2 / 3), (0.3, 0.7)]
+    palettes = [
+        ((0, 146, 70), (255, 255, 255), (206, 43, 55)),  # green, white, red
+        ((0, 85, 164), (255, 255, 255), (239, 65, 53)),  # blue, white, red
+        ((0, 0, 0), (255, 206, 0), (221, 0, 0)),  # black, gold, red
+        ((0, 56, 168), (252, 209, 22), (206, 17, 38)),  # blue, yellow, red
+    ]
+    for edges in layouts:
+        flags = [tricolour(c, edges=edges) for c in palettes]
+        copy = tricolour(palettes[0], (240, 160), edges)  # a smaller copy of the first
+        assert grouped([*flags, copy]) == [0, 1, 2, 3, 0]
+
+
+def line_drawing(seed=0, size=(320, 240)):
+    """Hairline drawing: 2 px dark strokes (outlines, curves, hatching) on white."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    w, h = size
+    for _ in range(6):
+        x0, y0 = rng.randint(10, w // 2), rng.randint(10, h // 2)
+        x1, y1 = x0 + rng.randint(40, w // 2 - 10), y0 + rng.randint(40, h // 2 - 10)
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)((x0, y0, x1, y1), outline=(20, 20, 20), width=2)
+    for k in range(8):  # hatching
+        d.line((20 + 12 * k, h - 70, 60 + 12 * k, h - 20), fill=(20, 20, 20), width=2)
+    return img
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_line_drawing_cropped_8_percent_and_rescaled_is_grouped(seed):
+    img = line_drawing(seed)
+    w, h = img.size
+    cropped = img.crop((int(0.05 * w), int(0.03 * h), w - int(0.03 * w), h - int(0.05 * h)))
+    copy = cropped.resize((cropped.width * 3 // 4, cropped.height * 3 // 4), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=60)
+    assert grouped([img, Image.open(buf).convert("RGB")]) == [0, 0]
