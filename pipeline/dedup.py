@@ -66,8 +66,8 @@ from pipeline.progress import progress
 log = logging.getLogger(__name__)
 
 # Bumped whenever features() changes its output. v3: hashes from the box thumbnails;
-# v4: the aspect ratio.
-CACHE_VERSION = "v4"
+# v4: the aspect ratio; v5: the average hash (second candidate source).
+CACHE_VERSION = "v5"
 # A cache file, or a part saved while hashing: "<hash>-<size>-<mode>-<version>[.partNNNNN].npz".
 _CACHE_NAME = re.compile(r"-(v\d+)(?:\.part\d+)?\.npz$")
 FLUSH_EVERY = 512  # features saved as a part file every this many images: a kill loses fewer
@@ -118,8 +118,15 @@ def _read_cache(path: Path) -> Feats:
     try:
         with np.load(path) as z:
             out: Feats = {
-                str(s): Features(np.unpackbits(h)[: z["bits"]].reshape(2, -1).astype(bool), t, float(r))
-                for s, h, t, r in zip(z["sha"], z["hashes"], z["thumbs"], z["aspect"], strict=True)
+                str(s): Features(
+                    np.unpackbits(h)[: z["bits"]].reshape(2, -1).astype(bool),
+                    t,
+                    float(r),
+                    np.unpackbits(a) > 0,
+                )
+                for s, h, t, r, a in zip(
+                    z["sha"], z["hashes"], z["thumbs"], z["aspect"], z["second"], strict=True
+                )
             }
             out |= {str(s): str(r) for s, r in zip(z["bad_sha"], z["bad_reason"], strict=True)}
             return out
@@ -143,6 +150,9 @@ def _write_cache(path: Path, feats: Feats) -> None:
             ),
             thumbs=np.array([feats[s].thumbs for s in good], dtype=np.uint8).reshape(len(good), 2, 32, 32, 3),
             aspect=np.array([feats[s].aspect for s in good], dtype=np.float64),
+            second=np.array([np.packbits(feats[s].second) for s in good], dtype=np.uint8).reshape(
+                len(good), 8
+            ),
             bad_sha=np.array(bad, dtype="U64"),
             bad_reason=np.array([feats[s] for s in bad], dtype=str),
         )
@@ -214,11 +224,11 @@ def hash_files(files: dict[str, str], p: DedupParams, save: Callable[[Feats], No
 
 
 def group_features(
-    hashes: np.ndarray, thumbs: np.ndarray, aspect: np.ndarray, p: DedupParams
+    hashes: np.ndarray, thumbs: np.ndarray, aspect: np.ndarray, second: np.ndarray, p: DedupParams
 ) -> tuple[Grouping, int]:
     """Search candidates and group images given best first; returns the grouping and the
     number of candidate pairs."""
-    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers), aspect)
+    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers), aspect, second)
     verifier = partial(
         verify_pairs,
         thumbs,
@@ -226,7 +236,8 @@ def group_features(
         min_score=p.min_score,
         max_colour=p.max_colour_diff,
     )
-    return group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff), len(pairs[0])
+    g = group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff, p.threshold)
+    return g, len(pairs[0])
 
 
 def keep_order(rows: list[dict], raw: Path, keep: str) -> list[int]:
@@ -258,7 +269,8 @@ def group_rows(
     hashes = np.array([feats[rows[i]["sha256"]].hashes for i in reps]).reshape(len(reps), 2, -1)
     thumbs = np.array([feats[rows[i]["sha256"]].thumbs for i in reps]).reshape(len(reps), 2, 32, 32, 3)
     aspect = np.array([feats[rows[i]["sha256"]].aspect for i in reps], dtype=np.float64)
-    grouping, n_pairs = group_features(hashes, thumbs, aspect, p)
+    second = np.array([feats[rows[i]["sha256"]].second for i in reps]).reshape(len(reps), 64)
+    grouping, n_pairs = group_features(hashes, thumbs, aspect, second, p)
     return reps, grouping, n_pairs
 
 

@@ -2,6 +2,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import random
 from functools import partial
 
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 from pipeline import dedup, download, synthetic
 from pipeline.contracts import RAW_INDEX
 from pipeline.dedup_index import (
+    SECOND_THRESHOLD,
     candidate_pairs,
     features,
     group,
@@ -22,6 +24,7 @@ from pipeline.dedup_index import (
     pack,
     verify,
     verify_pairs,
+    wide_threshold,
 )
 from pipeline.images import decode, load_rgb, sha256_file, write_csv_atomic
 from pipeline.params import ParamsError, params_from_dict
@@ -47,6 +50,51 @@ def test_multi_index_search_finds_exactly_the_pairs_within_threshold(bits, thres
     q2, i2 = near_pairs(h[:100], h[100:], threshold)  # query side separate from the index
     want2 = {(i, j) for i in range(100, 300) for j in range(100) if d[i, j] <= threshold}
     assert {(q + 100, i) for q, i in zip(q2.tolist(), i2.tolist(), strict=True)} == want2
+
+
+def test_second_candidate_source_adds_exactly_the_pairs_close_in_both_hashes():
+    rng = np.random.default_rng(7)
+    n, t = 400, 10
+    own = rng.random((n, 64)) < 0.5
+    second = rng.random((n, 64)) < 0.5
+    for i in range(0, n, 4):  # planted: main hash 0-24 bits away, average hash 0-10
+        own[i + 1] = own[i] ^ (rng.permutation(64) < rng.integers(0, 25))
+        second[i + 1] = second[i] ^ (rng.permutation(64) < rng.integers(0, 11))
+    hashes = np.stack([own, own ^ (rng.random((n, 64)) < 0.03)], axis=1)
+    po, pp, ps = pack(hashes[:, 0]), pack(hashes[:, 1]), pack(second)
+    want = {}
+    for i, j in itertools.combinations(range(n), 2):
+        d = min(hamming(po[i], po[j]), hamming(pp[i], po[j]), hamming(po[i], pp[j]))
+        if d <= t or (hamming(ps[i], ps[j]) <= SECOND_THRESHOLD and d <= wide_threshold(t)):
+            want[(i, j)] = d
+    a, b, d = candidate_pairs(hashes, t, second=second)
+    got = dict(zip(zip(a.tolist(), b.tolist(), strict=True), d.tolist(), strict=True))
+    assert got == want
+    assert any(d > t for d in got.values())  # the second source found pairs the first did not
+    a, b, d = candidate_pairs(hashes, t)
+    assert {k: v for k, v in want.items() if v <= t} == dict(
+        zip(zip(a.tolist(), b.tolist(), strict=True), d.tolist(), strict=True)
+    )
+
+
+def test_pairs_from_the_second_source_need_the_stricter_limits():
+    # Three images, each paired with image 0 (kept first): at 4 bits (the main source) and
+    # at 14 bits (only the second source finds it), with the same scores.
+    pairs = (np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([4, 14, 14]))
+    verdicts = {1: (0.85, 12.0), 2: (0.85, 12.0), 3: (0.95, 9.0)}
+
+    def verifier(w, bs):
+        return (
+            np.array([verdicts[x][0] for x in w], np.float32),
+            np.array([verdicts[x][1] for x in w], np.float32),
+        )
+
+    g = group(np.arange(4), pairs, verifier, 0.8, 14, strict_beyond=10)
+    # 1 passes the plain limits; 2 scores the same but is 14 bits apart: it needs 0.9 and
+    # a colour difference within 0.75 x 14 = 10.5, which 3 has.
+    assert g.leader.tolist() == [0, 0, 2, 0]
+    assert [(a, b) for a, b, *_ in g.rejected] == [(0, 2)]
+    assert group(np.arange(4), pairs, verifier, 0.8, 14).leader.tolist() == [0, 0, 0, 0]
 
 
 # --- images for the grouping tests --------------------------------------------------------
@@ -505,7 +553,8 @@ def grouped(images):
     hashes = np.stack([f.hashes for f in feats])
     thumbs = np.stack([f.thumbs for f in feats])
     aspect = np.array([f.aspect for f in feats])
-    return dedup.group_features(hashes, thumbs, aspect, p)[0].leader.tolist()
+    second = np.stack([f.second for f in feats])
+    return dedup.group_features(hashes, thumbs, aspect, second, p)[0].leader.tolist()
 
 
 def test_features_record_the_upright_aspect_ratio():
@@ -572,3 +621,37 @@ def test_a_line_drawing_cropped_8_percent_and_rescaled_is_grouped(seed):
     buf = io.BytesIO()
     copy.save(buf, "JPEG", quality=60)
     assert grouped([img, Image.open(buf).convert("RGB")]) == [0, 0]
+
+
+def star_icon():
+    """A flat yellow star on white: symmetric, so pHash has many near-zero coefficients."""
+    img = Image.new("RGB", (300, 300), "white")
+    r = [100 if k % 2 == 0 else 45 for k in range(10)]
+    angle = [math.pi * k / 5 - math.pi / 2 for k in range(10)]
+    pts = [(150 + r[k] * math.cos(angle[k]), 150 + r[k] * math.sin(angle[k])) for k in range(10)]
+    ImageDraw.Draw(img).polygon(pts, fill=(255, 200, 0))
+    return img
+
+
+def jpeg(img, quality):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(buf).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (star_icon(), star_icon().crop((24, 0, 300, 300))),  # cropped 8% on one side
+        lambda: (star_icon(), jpeg(star_icon().resize((150, 150), Image.Resampling.LANCZOS), 30)),
+        lambda: (line_drawing(5), jpeg(line_drawing(5).crop((19, 4, 320, 240)), 40)),
+    ],
+)
+def test_copies_that_phash_misses_are_found_by_the_second_source(make):
+    img, copy = make()
+    a, b = features(img), features(copy)
+    pa, pb = pack(a.hashes), pack(b.hashes)
+    d = min(hamming(pa[0], pb[0]), hamming(pa[1], pb[0]), hamming(pa[0], pb[1]))
+    assert 10 < d <= wide_threshold(10)  # beyond the default threshold...
+    assert (a.second != b.second).sum() <= SECOND_THRESHOLD
+    assert grouped([img, copy]) == [0, 0]  # ...but found, and verified with the stricter limits
