@@ -2,10 +2,13 @@
 
 1. Exact copies by sha256 (from data/raw/index.csv): hashed once, grouped together.
 2. Candidate pairs: perceptual hashes (`dedup.hash`, `dedup.hash_size`) within
-   `dedup.threshold` bits, of the image or of its centre-crop probe, found by
-   multi-index hashing (pipeline/dedup_index.py), never by comparing all pairs.
+   `dedup.threshold` bits, of the image or of its centre-crop probe, and pairs whose
+   average hashes are close and whose main hashes are a little further apart; found by
+   multi-index hashing (pipeline/dedup_index.py), never by comparing all pairs. Pairs
+   whose aspect ratios no allowed crop explains are left out.
 3. Verification: thumbnail correlation >= `dedup.min_score` over small shifts, and a
-   foreground colour difference <= `dedup.max_colour_diff`.
+   foreground colour difference <= `dedup.max_colour_diff` (stricter for the pairs only
+   the average hash found).
 4. Images are visited best first (`dedup.keep`); each joins the kept image it is
    verified against, or is kept itself. Members never link through other members.
 
