@@ -16,6 +16,7 @@ from pipeline import dedup, download, synthetic
 from pipeline.contracts import RAW_INDEX
 from pipeline.dedup_index import (
     SECOND_THRESHOLD,
+    average_hash,
     candidate_pairs,
     features,
     group,
@@ -655,3 +656,21 @@ def test_copies_that_phash_misses_are_found_by_the_second_source(make):
     assert 10 < d <= wide_threshold(10)  # beyond the default threshold...
     assert (a.second != b.second).sum() <= SECOND_THRESHOLD
     assert grouped([img, copy]) == [0, 0]  # ...but found, and verified with the stricter limits
+
+
+def test_the_cache_keeps_the_aspect_ratio_and_the_average_hash(tmp_path):
+    feats = {"a" * 64: features(star_icon()), "b" * 64: features(tricolour(("red", "white", "blue")))}
+    path = tmp_path / "cache.npz"
+    dedup._write_cache(path, feats | {"c" * 64: "not an image Pillow can read"})
+    back = dedup._read_cache(path)
+    assert back["c" * 64] == "not an image Pillow can read"
+    for sha, f in feats.items():
+        assert back[sha].aspect == f.aspect and np.array_equal(back[sha].second, f.second)
+        assert np.array_equal(back[sha].hashes, f.hashes) and np.array_equal(back[sha].thumbs, f.thumbs)
+
+
+def test_average_hash_is_the_8x8_box_means_above_their_mean():
+    img = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(img).rectangle((0, 0, 15, 31), fill="black")  # left half dark
+    bits = average_hash(img).reshape(8, 8)
+    assert not bits[:, :4].any() and bits[:, 4:].all()
