@@ -53,6 +53,16 @@ def test_multi_index_search_finds_exactly_the_pairs_within_threshold(bits, thres
     assert {(q + 100, i) for q, i in zip(q2.tolist(), i2.tolist(), strict=True)} == want2
 
 
+def test_search_with_buckets_of_hundreds_of_hashes():
+    # Clip art on white hashes alike: a bucket can hold more than a byte's count.
+    rng = np.random.default_rng(3)
+    h = np.repeat(rng.random((1, 64)) < 0.5, 300, axis=0)
+    h[::2, rng.integers(0, 64)] ^= True  # half of them one bit away
+    h = np.concatenate([h, rng.random((50, 64)) < 0.5])
+    q, i = near_pairs(h, None, 2)
+    assert len(q) == len(set(zip(q.tolist(), i.tolist(), strict=True))) == 300 * 299 // 2
+
+
 def test_second_candidate_source_adds_exactly_the_pairs_close_in_both_hashes():
     rng = np.random.default_rng(7)
     n, t = 400, 10
