@@ -2,10 +2,13 @@
 
 1. Exact copies by sha256 (from data/raw/index.csv): hashed once, grouped together.
 2. Candidate pairs: perceptual hashes (`dedup.hash`, `dedup.hash_size`) within
-   `dedup.threshold` bits, of the image or of its centre-crop probe, found by
-   multi-index hashing (pipeline/dedup_index.py), never by comparing all pairs.
+   `dedup.threshold` bits, of the image or of its centre-crop probe, and pairs whose
+   average hashes are close and whose main hashes are a little further apart; found by
+   multi-index hashing (pipeline/dedup_index.py), never by comparing all pairs. Pairs
+   whose aspect ratios no allowed crop explains are left out.
 3. Verification: thumbnail correlation >= `dedup.min_score` over small shifts, and a
-   foreground colour difference <= `dedup.max_colour_diff`.
+   foreground colour difference <= `dedup.max_colour_diff` (stricter for the pairs only
+   the average hash found).
 4. Images are visited best first (`dedup.keep`); each joins the kept image it is
    verified against, or is kept itself. Members never link through other members.
 
@@ -65,8 +68,9 @@ from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever features() changes its output. v3: hashes from the box thumbnails.
-CACHE_VERSION = "v3"
+# Bumped whenever features() changes its output. v3: hashes from the box thumbnails;
+# v4: the aspect ratio; v5: the average hash (second candidate source).
+CACHE_VERSION = "v5"
 # A cache file, or a part saved while hashing: "<hash>-<size>-<mode>-<version>[.partNNNNN].npz".
 _CACHE_NAME = re.compile(r"-(v\d+)(?:\.part\d+)?\.npz$")
 FLUSH_EVERY = 512  # features saved as a part file every this many images: a kill loses fewer
@@ -117,8 +121,15 @@ def _read_cache(path: Path) -> Feats:
     try:
         with np.load(path) as z:
             out: Feats = {
-                str(s): Features(np.unpackbits(h)[: z["bits"]].reshape(2, -1).astype(bool), t)
-                for s, h, t in zip(z["sha"], z["hashes"], z["thumbs"], strict=True)
+                str(s): Features(
+                    np.unpackbits(h)[: z["bits"]].reshape(2, -1).astype(bool),
+                    t,
+                    float(r),
+                    np.unpackbits(a) > 0,
+                )
+                for s, h, t, r, a in zip(
+                    z["sha"], z["hashes"], z["thumbs"], z["aspect"], z["second"], strict=True
+                )
             }
             out |= {str(s): str(r) for s, r in zip(z["bad_sha"], z["bad_reason"], strict=True)}
             return out
@@ -141,6 +152,10 @@ def _write_cache(path: Path, feats: Feats) -> None:
                 len(good), -1
             ),
             thumbs=np.array([feats[s].thumbs for s in good], dtype=np.uint8).reshape(len(good), 2, 32, 32, 3),
+            aspect=np.array([feats[s].aspect for s in good], dtype=np.float64),
+            second=np.array([np.packbits(feats[s].second) for s in good], dtype=np.uint8).reshape(
+                len(good), 8
+            ),
             bad_sha=np.array(bad, dtype="U64"),
             bad_reason=np.array([feats[s] for s in bad], dtype=str),
         )
@@ -211,10 +226,12 @@ def hash_files(files: dict[str, str], p: DedupParams, save: Callable[[Feats], No
 # --- 2. group ---------------------------------------------------------------------------
 
 
-def group_features(hashes: np.ndarray, thumbs: np.ndarray, p: DedupParams) -> tuple[Grouping, int]:
+def group_features(
+    hashes: np.ndarray, thumbs: np.ndarray, aspect: np.ndarray, second: np.ndarray, p: DedupParams
+) -> tuple[Grouping, int]:
     """Search candidates and group images given best first; returns the grouping and the
     number of candidate pairs."""
-    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers))
+    pairs = candidate_pairs(hashes, p.threshold, default_workers(p.workers), aspect, second)
     verifier = partial(
         verify_pairs,
         thumbs,
@@ -222,7 +239,8 @@ def group_features(hashes: np.ndarray, thumbs: np.ndarray, p: DedupParams) -> tu
         min_score=p.min_score,
         max_colour=p.max_colour_diff,
     )
-    return group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff), len(pairs[0])
+    g = group(np.arange(len(hashes)), pairs, verifier, p.min_score, p.max_colour_diff, p.threshold)
+    return g, len(pairs[0])
 
 
 def keep_order(rows: list[dict], raw: Path, keep: str) -> list[int]:
@@ -253,7 +271,9 @@ def group_rows(
     reps = list(rep_of_sha.values())  # already best first
     hashes = np.array([feats[rows[i]["sha256"]].hashes for i in reps]).reshape(len(reps), 2, -1)
     thumbs = np.array([feats[rows[i]["sha256"]].thumbs for i in reps]).reshape(len(reps), 2, 32, 32, 3)
-    grouping, n_pairs = group_features(hashes, thumbs, p)
+    aspect = np.array([feats[rows[i]["sha256"]].aspect for i in reps], dtype=np.float64)
+    second = np.array([feats[rows[i]["sha256"]].second for i in reps]).reshape(len(reps), 64)
+    grouping, n_pairs = group_features(hashes, thumbs, aspect, second, p)
     return reps, grouping, n_pairs
 
 

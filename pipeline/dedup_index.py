@@ -4,7 +4,8 @@ Three steps, each usable alone:
 
   features(img, ...)        perceptual hashes (the image's own, then a centre-crop
                             probe's) and two 32x32 colour thumbnails
-  candidate_pairs(...)      every pair within `threshold` bits, by multi-index hashing
+  candidate_pairs(...)      every pair within `threshold` bits, by multi-index hashing, and
+                            the pairs a second hash (aHash) finds a little further out
   group(...)                best image first; each image joins the kept image it is
                             verified against, never another member, so groups never chain
 
@@ -42,6 +43,23 @@ THUMB = 32
 WORK_SIDE = 128  # features() works on a copy reduced to about this shorter side
 SHIFT = 2  # pixels of the 32x32 thumbnail a crop may move the content
 FOREGROUND = 40  # summed |RGB - background| above which a thumbnail pixel is foreground
+# Copies may be cropped by up to 8% of each side's length (the probe above, and SHIFT below,
+# are sized for that), which changes the aspect ratio by up to 1/0.92; two such copies of
+# one picture (one cropped across, one down) differ by up to 1/0.92². Pairs further apart
+# are not candidates: on benchmarks/dedup_quality.py's set this gate removes 99 of the 283
+# falsely verified pairs of flags and 57 of 96 of screenshots (one layout at another
+# aspect ratio), 2 of the 7,691 true ones, and 28% of the candidate pairs (README).
+MAX_ASPECT_CHANGE = 1 / 0.92**2
+# The second candidate source: pairs whose average hashes (8x8 of the own thumbnail's grey)
+# are within SECOND_THRESHOLD bits and whose main hashes are within WIDE x the threshold.
+# pHash misses copies of flat and drawn pictures (a near-zero DCT coefficient flips with
+# JPEG noise); an average hash keeps them, but alone it pairs most clip art on white. Those
+# pairs are further apart in the main hash, so they must verify with STRICT limits (a
+# correlation halfway from min_score to 1, a colour difference STRICT_COLOUR x the limit).
+# Measured per family in benchmarks/dedup_quality.py (README).
+SECOND_THRESHOLD = 6
+WIDE = 1.6
+STRICT_COLOUR = 0.75
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,8 @@ class Features:
 
     hashes: np.ndarray  # (2, bits) bool: the image's hash, then its centre-crop probe's
     thumbs: np.ndarray  # (2, 32, 32, 3) uint8: the image, then its centre crop
+    aspect: float  # width / height, as displayed (upright)
+    second: np.ndarray  # (64,) bool: average hash of the own thumbnail's grey (8x8 box means)
 
 
 def work_side(hash_size: int) -> int:
@@ -68,6 +88,7 @@ def features(img: Image.Image, hash_name: str = "phash", hash_size: int = 8) -> 
     benchmarks/dedup_quality.py unchanged (README).
     """
     fn = HASHES[hash_name]
+    aspect = img.width / img.height
     factor = min(img.size) // work_side(hash_size)
     if factor >= 2:
         img = img.reduce(factor)
@@ -83,7 +104,13 @@ def features(img: Image.Image, hash_name: str = "phash", hash_size: int = 8) -> 
         sources = [grey, grey.crop(box)]
     hashes = np.stack([fn(s, hash_size=hash_size).hash.reshape(-1) for s in sources])
     thumbs = np.stack([np.asarray(s) for s in small])
-    return Features(hashes.astype(bool), thumbs.astype(np.uint8))
+    return Features(hashes.astype(bool), thumbs.astype(np.uint8), aspect, average_hash(small[0]))
+
+
+def average_hash(thumb: Image.Image) -> np.ndarray:
+    """(64,) bool: the 8x8 box means of a 32x32 thumbnail's grey, above their mean."""
+    grey = np.asarray(thumb.convert("L"), np.float32).reshape(8, THUMB // 8, 8, THUMB // 8).mean(axis=(1, 3))
+    return (grey > grey.mean()).reshape(-1)
 
 
 # --- search -----------------------------------------------------------------------------
@@ -205,7 +232,7 @@ def _search(task: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
         hits = np.flatnonzero(bucket_sizes)
         if not len(hits):
             continue
-        sizes = bucket_sizes[hits]
+        sizes = bucket_sizes[hits].astype(np.int64)
         # Positions in key order of each candidate's query and item.
         query_at = np.repeat(hits if query_positions is None else query_positions[hits], sizes)
         item_at = np.repeat(table.starts[keys[hits]] - (np.cumsum(sizes) - sizes), sizes) + np.arange(
@@ -259,7 +286,10 @@ def near_pairs(
     words = -(-bits // 64)
     tables = []
     for c, (lo, hi) in enumerate(chunks):
-        counts = np.bincount(ikeys[:, c], minlength=1 << (hi - lo)).astype(np.int32)
+        counts = np.bincount(ikeys[:, c], minlength=1 << (hi - lo))
+        # One byte per bucket where it fits: the table is looked up once per query and
+        # bit flip, and a quarter of the memory is read faster (the 1M-hash search: -10%).
+        counts = counts.astype(np.uint8 if counts.max(initial=0) < 256 else np.int32)
         starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int64)
         order = np.argsort(ikeys[:, c], kind="stable")
         qorder = order if self_join else np.argsort(qkeys[:, c], kind="stable")
@@ -294,17 +324,35 @@ def near_pairs(
     return (np.minimum(q, i), np.maximum(q, i)) if self_join else (q, i)
 
 
+def wide_threshold(threshold: int) -> int:
+    """How far apart in the main hash a pair found by the second hash may be."""
+    return round(WIDE * threshold)
+
+
 def candidate_pairs(
-    hashes: np.ndarray, threshold: int, workers: int = 1
+    hashes: np.ndarray,
+    threshold: int,
+    workers: int = 1,
+    aspect: np.ndarray | None = None,
+    second: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (a < b) whose hashes, or one's hash and the other's probe hash, are within
-    `threshold` bits. `hashes` is (n, 2, bits) bool. Returns a, b and the smallest distance."""
+    `threshold` bits. `hashes` is (n, 2, bits) bool. Returns a, b and the smallest distance.
+    With `second` (n, 64) bool average hashes, also the pairs within SECOND_THRESHOLD bits
+    there and within wide_threshold(threshold) in the main hash (their distance is then
+    above `threshold`: `group` holds them to stricter limits). With `aspect` (n,) (width /
+    height), pairs whose aspect ratios differ by more than MAX_ASPECT_CHANGE are left out:
+    no crop the stage allows for makes one from the other."""
     own, probe = hashes[:, 0], hashes[:, 1]
     q1, i1 = near_pairs(own, None, threshold, workers)
     q2, i2 = near_pairs(own, probe, threshold, workers)
     keep = q2 != i2
-    a = np.concatenate([q1, np.minimum(q2, i2)[keep]])
-    b = np.concatenate([i1, np.maximum(q2, i2)[keep]])
+    found = [q1, np.minimum(q2, i2)[keep]], [i1, np.maximum(q2, i2)[keep]]
+    if second is not None:
+        q3, i3 = near_pairs(second, None, SECOND_THRESHOLD, workers)
+        found[0].append(q3)
+        found[1].append(i3)
+    a, b = np.concatenate(found[0]), np.concatenate(found[1])
     if not len(a):
         e = np.empty(0, np.int64)
         return e, e, e
@@ -318,7 +366,14 @@ def candidate_pairs(
     )
     key = a * len(hashes) + b
     key, first = np.unique(key, return_index=True)
-    return a[first], b[first], d[first]
+    a, b, d = a[first], b[first], d[first]
+    if second is not None:
+        keep = d <= wide_threshold(threshold)
+        a, b, d = a[keep], b[keep], d[keep]
+    if aspect is not None:
+        keep = np.abs(np.log(aspect[a] / aspect[b])) <= math.log(MAX_ASPECT_CHANGE) + 1e-9
+        a, b, d = a[keep], b[keep], d[keep]
+    return a, b, d
 
 
 # --- verification -----------------------------------------------------------------------
@@ -606,10 +661,13 @@ def group(
     verifier: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     min_score: float,
     max_colour_diff: float,
+    strict_beyond: int | None = None,
 ) -> Grouping:
     """Visit images best first (`rank` 0 is best); each joins the kept image it verifies
     best against (highest correlation), or is kept itself. Only kept images are ever
-    joined, so every member is verified against its group's kept image: no chaining."""
+    joined, so every member is verified against its group's kept image: no chaining.
+    Pairs more than `strict_beyond` bits apart (the second candidate source's) must score
+    halfway from min_score to 1 and differ in colour by at most STRICT_COLOUR x the limit."""
     n = len(rank)
     leader = np.arange(n)
     distance = np.zeros(n, np.int64)
@@ -636,6 +694,9 @@ def group(
                 need = np.flatnonzero(leader[better[done:end]] == better[done:end]) + done
                 sc[need], co[need] = verifier(worse[need], better[need])
                 ok[need] = (sc[need] >= min_score) & (co[need] <= max_colour_diff)
+                if strict_beyond is not None:
+                    far = need[d[need] > strict_beyond]
+                    ok[far] &= (sc[far] >= (1 + min_score) / 2) & (co[far] <= STRICT_COLOUR * max_colour_diff)
                 done = end
             w = worse[start]
             bs, s, c, good = better[start:stop], sc[start:stop], co[start:stop], ok[start:stop]

@@ -82,7 +82,8 @@ def report_html(
         "figcaption{font-size:11px;word-break:break-all}</style>",
         f"<h1>Duplicate groups ({len(multi)})</h1><p>{e(p.hash)} size {p.hash_size}, candidates within "
         f"{p.threshold} bits; verified when correlation ≥ {p.min_score} and colour difference ≤ "
-        f"{p.max_colour_diff}. d = hash distance, r = correlation, c = colour difference, each "
+        f"{p.max_colour_diff} (stricter where d is above {p.threshold}: pairs found by the average "
+        "hash). d = hash distance, r = correlation, c = colour difference, each "
         "against the kept image (green).</p>",
     ]
     for g in multi:

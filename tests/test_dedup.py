@@ -2,6 +2,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import random
 from functools import partial
 
@@ -14,6 +15,8 @@ from PIL import Image, ImageDraw, ImageEnhance
 from pipeline import dedup, download, synthetic
 from pipeline.contracts import RAW_INDEX
 from pipeline.dedup_index import (
+    SECOND_THRESHOLD,
+    average_hash,
     candidate_pairs,
     features,
     group,
@@ -22,6 +25,7 @@ from pipeline.dedup_index import (
     pack,
     verify,
     verify_pairs,
+    wide_threshold,
 )
 from pipeline.images import decode, load_rgb, sha256_file, write_csv_atomic
 from pipeline.params import ParamsError, params_from_dict
@@ -47,6 +51,61 @@ def test_multi_index_search_finds_exactly_the_pairs_within_threshold(bits, thres
     q2, i2 = near_pairs(h[:100], h[100:], threshold)  # query side separate from the index
     want2 = {(i, j) for i in range(100, 300) for j in range(100) if d[i, j] <= threshold}
     assert {(q + 100, i) for q, i in zip(q2.tolist(), i2.tolist(), strict=True)} == want2
+
+
+def test_search_with_buckets_of_hundreds_of_hashes():
+    # Clip art on white hashes alike: a bucket can hold more than a byte's count.
+    rng = np.random.default_rng(3)
+    h = np.repeat(rng.random((1, 64)) < 0.5, 300, axis=0)
+    h[::2, rng.integers(0, 64)] ^= True  # half of them one bit away
+    h = np.concatenate([h, rng.random((50, 64)) < 0.5])
+    q, i = near_pairs(h, None, 2)
+    assert len(q) == len(set(zip(q.tolist(), i.tolist(), strict=True))) == 300 * 299 // 2
+
+
+def test_second_candidate_source_adds_exactly_the_pairs_close_in_both_hashes():
+    rng = np.random.default_rng(7)
+    n, t = 400, 10
+    own = rng.random((n, 64)) < 0.5
+    second = rng.random((n, 64)) < 0.5
+    for i in range(0, n, 4):  # planted: main hash 0-24 bits away, average hash 0-10
+        own[i + 1] = own[i] ^ (rng.permutation(64) < rng.integers(0, 25))
+        second[i + 1] = second[i] ^ (rng.permutation(64) < rng.integers(0, 11))
+    hashes = np.stack([own, own ^ (rng.random((n, 64)) < 0.03)], axis=1)
+    po, pp, ps = pack(hashes[:, 0]), pack(hashes[:, 1]), pack(second)
+    want = {}
+    for i, j in itertools.combinations(range(n), 2):
+        d = min(hamming(po[i], po[j]), hamming(pp[i], po[j]), hamming(po[i], pp[j]))
+        if d <= t or (hamming(ps[i], ps[j]) <= SECOND_THRESHOLD and d <= wide_threshold(t)):
+            want[(i, j)] = d
+    a, b, d = candidate_pairs(hashes, t, second=second)
+    got = dict(zip(zip(a.tolist(), b.tolist(), strict=True), d.tolist(), strict=True))
+    assert got == want
+    assert any(d > t for d in got.values())  # the second source found pairs the first did not
+    a, b, d = candidate_pairs(hashes, t)
+    assert {k: v for k, v in want.items() if v <= t} == dict(
+        zip(zip(a.tolist(), b.tolist(), strict=True), d.tolist(), strict=True)
+    )
+
+
+def test_pairs_from_the_second_source_need_the_stricter_limits():
+    # Three images, each paired with image 0 (kept first): at 4 bits (the main source) and
+    # at 14 bits (only the second source finds it), with the same scores.
+    pairs = (np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([4, 14, 14]))
+    verdicts = {1: (0.85, 12.0), 2: (0.85, 12.0), 3: (0.95, 9.0)}
+
+    def verifier(w, bs):
+        return (
+            np.array([verdicts[x][0] for x in w], np.float32),
+            np.array([verdicts[x][1] for x in w], np.float32),
+        )
+
+    g = group(np.arange(4), pairs, verifier, 0.8, 14, strict_beyond=10)
+    # 1 passes the plain limits; 2 scores the same but is 14 bits apart: it needs 0.9 and
+    # a colour difference within 0.75 x 14 = 10.5, which 3 has.
+    assert g.leader.tolist() == [0, 0, 2, 0]
+    assert [(a, b) for a, b, *_ in g.rejected] == [(0, 2)]
+    assert group(np.arange(4), pairs, verifier, 0.8, 14).leader.tolist() == [0, 0, 0, 0]
 
 
 # --- images for the grouping tests --------------------------------------------------------
@@ -483,3 +542,145 @@ def test_red_blue_copies_are_grouped_and_the_mirror_image_is_not(in_tmp):
     members = dedup.run(params_from_dict({"dedup": {"workers": 1}}))
     assert groups_of(members) == [["br"], ["rb", "rb-exif", "rb-gif", "rb-jpg"]]
     assert all(-1 <= float(m["score"]) <= 1 for m in members)
+
+
+# --- look-alikes and hard copies (issue 17, second part) -------------------------------------
+
+
+def tricolour(colours, size=(300, 200), edges=(1 / 3, 2 / 3)):
+    """A flag of three vertical bands, the edges at these fractions of the width."""
+    img = Image.new("RGB", size, colours[0])
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.rectangle((int(edges[0] * w), 0, w, h), fill=colours[1])
+    d.rectangle((int(edges[1] * w), 0, w, h), fill=colours[2])
+    return img
+
+
+def grouped(images):
+    """Leaders after searching and verifying `images` (best first) at the default params."""
+    p = params_from_dict({}).dedup
+    feats = [features(img) for img in images]
+    hashes = np.stack([f.hashes for f in feats])
+    thumbs = np.stack([f.thumbs for f in feats])
+    aspect = np.array([f.aspect for f in feats])
+    second = np.stack([f.second for f in feats])
+    return dedup.group_features(hashes, thumbs, aspect, second, p)[0].leader.tolist()
+
+
+def test_features_record_the_upright_aspect_ratio():
+    assert features(tricolour(("red", "white", "blue"), (300, 200))).aspect == pytest.approx(1.5)
+    assert features(tricolour(("red", "white", "blue"), (200, 300))).aspect == pytest.approx(2 / 3)
+
+
+def test_pairs_whose_aspect_ratios_no_allowed_crop_explains_are_not_candidates():
+    # One layout at 3:2 and 2:1 (a band flag is the same at any width): the hashes and the
+    # thumbnails (squashed to 32x32) cannot tell them apart, the aspect ratio can.
+    wide = tricolour(((0, 146, 70), (255, 255, 255), (206, 43, 55)), (400, 200))
+    flag = tricolour(((0, 146, 70), (255, 255, 255), (206, 43, 55)), (300, 200))
+    feats = [features(wide), features(flag)]
+    hashes = np.stack([f.hashes for f in feats])
+    aspect = np.array([f.aspect for f in feats])
+    assert len(candidate_pairs(hashes, 10)[0]) == 1  # the hashes collide
+    assert len(candidate_pairs(hashes, 10, aspect=aspect)[0]) == 0
+    # The largest allowed difference: one copy cropped 8% across, another 8% down.
+    across = flag.crop((0, 0, 276, 200))
+    down = flag.crop((0, 0, 300, 184))
+    assert grouped([flag, across, down]) == [0, 0, 0]
+    feats = [features(across), features(down)]
+    pair = candidate_pairs(
+        np.stack([f.hashes for f in feats]), 10, aspect=np.array([f.aspect for f in feats])
+    )
+    assert len(pair[0]) == 1
+
+
+def test_two_flags_of_one_layout_in_other_colours_stay_apart():
+    layouts = [(1 / 3, 2 / 3), (0.3, 0.7)]
+    palettes = [
+        ((0, 146, 70), (255, 255, 255), (206, 43, 55)),  # green, white, red
+        ((0, 85, 164), (255, 255, 255), (239, 65, 53)),  # blue, white, red
+        ((0, 0, 0), (255, 206, 0), (221, 0, 0)),  # black, gold, red
+        ((0, 56, 168), (252, 209, 22), (206, 17, 38)),  # blue, yellow, red
+    ]
+    for edges in layouts:
+        flags = [tricolour(c, edges=edges) for c in palettes]
+        copy = tricolour(palettes[0], (240, 160), edges)  # a smaller copy of the first
+        assert grouped([*flags, copy]) == [0, 1, 2, 3, 0]
+
+
+def line_drawing(seed=0, size=(320, 240)):
+    """Hairline drawing: 2 px dark strokes (outlines, curves, hatching) on white."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    w, h = size
+    for _ in range(6):
+        x0, y0 = rng.randint(10, w // 2), rng.randint(10, h // 2)
+        x1, y1 = x0 + rng.randint(40, w // 2 - 10), y0 + rng.randint(40, h // 2 - 10)
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)((x0, y0, x1, y1), outline=(20, 20, 20), width=2)
+    for k in range(8):  # hatching
+        d.line((20 + 12 * k, h - 70, 60 + 12 * k, h - 20), fill=(20, 20, 20), width=2)
+    return img
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_line_drawing_cropped_8_percent_and_rescaled_is_grouped(seed):
+    img = line_drawing(seed)
+    w, h = img.size
+    cropped = img.crop((int(0.05 * w), int(0.03 * h), w - int(0.03 * w), h - int(0.05 * h)))
+    copy = cropped.resize((cropped.width * 3 // 4, cropped.height * 3 // 4), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=60)
+    assert grouped([img, Image.open(buf).convert("RGB")]) == [0, 0]
+
+
+def star_icon():
+    """A flat yellow star on white: symmetric, so pHash has many near-zero coefficients."""
+    img = Image.new("RGB", (300, 300), "white")
+    r = [100 if k % 2 == 0 else 45 for k in range(10)]
+    angle = [math.pi * k / 5 - math.pi / 2 for k in range(10)]
+    pts = [(150 + r[k] * math.cos(angle[k]), 150 + r[k] * math.sin(angle[k])) for k in range(10)]
+    ImageDraw.Draw(img).polygon(pts, fill=(255, 200, 0))
+    return img
+
+
+def jpeg(img, quality):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(buf).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (star_icon(), star_icon().crop((24, 0, 300, 300))),  # cropped 8% on one side
+        lambda: (star_icon(), jpeg(star_icon().resize((150, 150), Image.Resampling.LANCZOS), 30)),
+        lambda: (line_drawing(5), jpeg(line_drawing(5).crop((19, 4, 320, 240)), 40)),
+    ],
+)
+def test_copies_that_phash_misses_are_found_by_the_second_source(make):
+    img, copy = make()
+    a, b = features(img), features(copy)
+    pa, pb = pack(a.hashes), pack(b.hashes)
+    d = min(hamming(pa[0], pb[0]), hamming(pa[1], pb[0]), hamming(pa[0], pb[1]))
+    assert 10 < d <= wide_threshold(10)  # beyond the default threshold...
+    assert (a.second != b.second).sum() <= SECOND_THRESHOLD
+    assert grouped([img, copy]) == [0, 0]  # ...but found, and verified with the stricter limits
+
+
+def test_the_cache_keeps_the_aspect_ratio_and_the_average_hash(tmp_path):
+    feats = {"a" * 64: features(star_icon()), "b" * 64: features(tricolour(("red", "white", "blue")))}
+    path = tmp_path / "cache.npz"
+    dedup._write_cache(path, feats | {"c" * 64: "not an image Pillow can read"})
+    back = dedup._read_cache(path)
+    assert back["c" * 64] == "not an image Pillow can read"
+    for sha, f in feats.items():
+        assert back[sha].aspect == f.aspect and np.array_equal(back[sha].second, f.second)
+        assert np.array_equal(back[sha].hashes, f.hashes) and np.array_equal(back[sha].thumbs, f.thumbs)
+
+
+def test_average_hash_is_the_8x8_box_means_above_their_mean():
+    img = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(img).rectangle((0, 0, 15, 31), fill="black")  # left half dark
+    bits = average_hash(img).reshape(8, 8)
+    assert not bits[:, :4].any() and bits[:, 4:].all()
