@@ -70,7 +70,6 @@ TINY = {  # --tiny: the same steps in about a minute on two CPU cores
     "train": {
         "resolution": 32,
         "channels": 8,
-        "d_channels": 8,
         "batch_size": 8,
         "log_kimg": 0.016,
         "sample_kimg": 0.04,

@@ -30,8 +30,9 @@ already there are skipped, so an interrupted study continues.
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
 `ema_rampup`, `lr_decay`) are set by this script after the Trainer is built:
 screening only, they are not training params unless the study shows they help
-(`d_channels` was one, and became a param). Runs recorded before that built
-the narrower D after G with another seed (seed + 777), not right after G. Results and verdicts:
+(`d_channels` was one, and became a param, as pytorch/examples' `ndf`).
+`d_half` runs were recorded before that and built the narrower D after G with
+another seed (seed + 777); `d16` is the same config through the Trainer. Results and verdicts:
 README, "Quality study".
 """
 
@@ -60,12 +61,11 @@ from pipeline.swd import multiscale_swd
 from pipeline.tensors import load_dataset, to_image, to_uint8
 from pipeline.trainer import Trainer
 
-# name -> overrides of the train section as it was before the study ("defaults", the baseline every
-# ratio is against): params.yaml's values, with D as wide as G. The study's result, a D of half G's
-# width, is in params.yaml now, so `d_channels` follows `channels` here unless a config sets it.
+# name -> overrides of params.yaml's train section. "defaults" is the baseline every ratio is against.
+# D is as wide as G (params.yaml's `d_channels: 0`) unless a config sets it.
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "new_defaults": {"d_channels": 16},  # params.yaml after the study (tests/test_quality_study.py checks)
+    "d16": {"d_channels": 16},  # the same as d_half, through the Trainer's own code path
     # losses and regularisers
     "hinge": {"loss": "hinge"},
     "sn_hinge": {"spectral_norm": True, "loss": "hinge"},
@@ -180,7 +180,6 @@ def config_params(name: str, seed: int, base: TrainParams) -> tuple[TrainParams,
     spec = CONFIGS[name]
     extra = {k: v for k, v in spec.items() if k in STUDY_ONLY}
     fields = {k: v for k, v in spec.items() if k not in STUDY_ONLY}
-    fields.setdefault("d_channels", fields.get("channels", base.channels))  # the pre-study D
     return dataclasses.replace(base, **fields, seed=seed, threads=1, device="cpu", eval_kimg=0), extra
 
 

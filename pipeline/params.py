@@ -280,6 +280,11 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda", "mps"]
     threads: int
 
+    @property
+    def d_width(self) -> int:
+        """D's base width: `d_channels`, or G's `channels` when it is 0."""
+        return self.d_channels or self.channels
+
     def validate(self) -> None:
         r = self.resolution
         _check(
@@ -288,7 +293,11 @@ class TrainParams:
             f"must be a power of two from 32 to 512, got {r}",
         )
         _check(1 <= self.channels <= 1024, "train.channels", f"must be 1..1024, got {self.channels}")
-        _check(1 <= self.d_channels <= 1024, "train.d_channels", f"must be 1..1024, got {self.d_channels}")
+        _check(
+            0 <= self.d_channels <= 1024,
+            "train.d_channels",
+            f"must be 0 (as train.channels) or 1..1024, got {self.d_channels}",
+        )
         _check(
             self.max_channels >= max(self.channels, self.d_channels),
             "train.max_channels",

@@ -71,7 +71,7 @@ class Trainer:
 
         torch.manual_seed(p.seed)  # same initial weights on every rank
         self.g = Generator(p.resolution, p.latent_dim, p.channels, p.max_channels, p.upsample)
-        self.d = Discriminator(p.resolution, p.d_channels, p.max_channels, p.spectral_norm)
+        self.d = Discriminator(p.resolution, p.d_width, p.max_channels, p.spectral_norm)
         self.g.to(device, memory_format=self.fmt)
         self.d.to(device, memory_format=self.fmt)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)

@@ -79,7 +79,6 @@ def stage_params(device: torch.device, size: int = 32, **train_params) -> Params
     t = {
         "resolution": size,
         "channels": 8,
-        "d_channels": 8,
         "batch_size": 8,
         "kimg": 0.08,
         "log_kimg": 0.016,

@@ -183,7 +183,7 @@ def test_the_readme_recipe_is_valid_params_at_256():
     recipe = gpu_check.readme_recipe()
     assert recipe["resize"]["size"] == recipe["train"]["resolution"] == 256
     p = params_from_dict(recipe)
-    assert p.train.batch_size == 64 and p.train.channels == p.train.d_channels == 64
+    assert p.train.batch_size == 64 and p.train.channels == p.train.d_width == 64
 
 
 def test_a_readme_without_the_recipe_is_one_clear_error(tmp_path):

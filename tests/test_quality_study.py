@@ -63,15 +63,15 @@ def test_study_only_overrides_reach_the_optimisers():
     assert 0 < t.opt_d.param_groups[0]["lr"] < 3e-4 and t.opt_d.param_groups[0]["base_lr"] == 3e-4
 
 
-def test_configs_are_overrides_of_the_pre_study_defaults_and_new_defaults_is_params_yaml():
+def test_configs_are_overrides_of_params_yaml_with_d_as_wide_as_g_unless_set():
     study = _study()
     base = study.load_params(ROOT / "params.yaml").train
-    old, _ = study.config_params("defaults", 0, base)
-    assert old.d_channels == old.channels  # before the study, D was as wide as G
+    defaults, extra = study.config_params("defaults", 0, base)
+    assert not extra and defaults.d_width == defaults.channels
+    # The baseline is params.yaml as it is (one thread, CPU, no in-loop SWD), so its rows stay comparable.
+    same = dataclasses.replace(defaults, threads=base.threads, device=base.device, eval_kimg=base.eval_kimg)
+    assert same == base
     ch24, _ = study.config_params("ch24", 0, base)
-    assert ch24.channels == ch24.d_channels == 24
-    new, extra = study.config_params("new_defaults", 0, base)
-    assert not extra
-    assert (
-        dataclasses.replace(new, threads=base.threads, device=base.device, eval_kimg=base.eval_kimg) == base
-    )
+    assert ch24.channels == ch24.d_width == 24
+    d16, _ = study.config_params("d16", 0, base)
+    assert (d16.channels, d16.d_width) == (base.channels, 16)

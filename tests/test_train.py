@@ -353,7 +353,7 @@ def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
             "train.max_channels: must be at least train.channels and train.d_channels (64)",
         ),
         ({"d_channels": 64, "max_channels": 32}, "train.d_channels (64), got 32"),
-        ({"d_channels": 0}, "train.d_channels: must be 1..1024, got 0"),
+        ({"d_channels": -1}, "train.d_channels: must be 0 (as train.channels) or 1..1024, got -1"),
         ({"upsample": "bilinear"}, "train.upsample: must be one of deconv, nearest"),
         ({"loss": "wgan"}, "train.loss: must be one of bce, hinge"),
         ({"diffaugment": "color,colour"}, "train.diffaugment: unknown augmentation 'colour'"),
