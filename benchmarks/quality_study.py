@@ -25,6 +25,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --round screen --fraction 0.33 --seeds 0
     python benchmarks/quality_study.py --round final --seeds 0,1,2 --configs defaults,hinge
     python benchmarks/quality_study.py --plot defaults,lr_x2 --round final  # SWD-vs-minutes PNG, grids
+    python benchmarks/quality_study.py --round full  # the table of every whole-budget run, trains nothing
     python benchmarks/quality_study.py --tiny --out /tmp/q   # seconds; what the unit test runs
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
@@ -98,6 +99,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay")
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay"]  # --tiny: one of each code path
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
+FULL = "full"  # --round full (table and --plot only): all runs at the whole budget, across rounds
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
 
 
@@ -245,9 +247,16 @@ def _ms(values: list[float]) -> str:
     return f"{values[0]:.3f}"
 
 
+def select(rows: list[dict[str, Any]], round_name: str) -> list[dict[str, Any]]:
+    """The runs of one round; `full`: every run at the whole budget, whatever its round."""
+    if round_name == FULL:
+        return [r for r in rows if r["fraction"] == 1.0]
+    return [r for r in rows if r["round"] == round_name]
+
+
 def table(rows: list[dict[str, Any]], round_name: str, budget: dict[str, float]) -> str:
     """Markdown table of one round, best SWD/floor first, ending with the ratio vs the defaults."""
-    rows = [r for r in rows if r["round"] == round_name]
+    rows = select(rows, round_name)
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["config"], []).append(r)
@@ -285,7 +294,7 @@ def plot(rows: list[dict[str, Any]], names: list[str], round_name: str, path: Pa
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for colour, name in zip(("tab:grey", "tab:blue", "tab:orange", "tab:green"), names, strict=False):
-        curves = [r["curve"] for r in rows if r["round"] == round_name and r["config"] == name and r["curve"]]
+        curves = [r["curve"] for r in select(rows, round_name) if r["config"] == name and r["curve"]]
         for c in curves:
             ax.plot([p[0] for p in c], [p[2] for p in c], color=colour, alpha=0.35, lw=1)
         n = min(len(c) for c in curves) if curves else 0
@@ -306,22 +315,35 @@ def plot(rows: list[dict[str, Any]], names: list[str], round_name: str, path: Pa
     path.write_bytes(buf.getvalue())
 
 
-def side_by_side(paths_: list[Path], labels: list[str], path: Path) -> None:
-    """The grids next to each other, each with its label above it."""
+def side_by_side(rows_of_grids: list[list[Path]], path: Path) -> None:
+    """One row of grids per config, each grid labelled `config, seed N` above it."""
     from PIL import Image, ImageDraw
 
-    grids = [Image.open(q).convert("RGB") for q in paths_]
+    rows = [[(Image.open(q).convert("RGB"), _label(q)) for q in row] for row in rows_of_grids if row]
     pad, head = 12, 24
-    w = sum(g.width for g in grids) + pad * (len(grids) + 1)
-    h = max(g.height for g in grids) + head + pad
-    sheet = Image.new("RGB", (w, h), "white")
+    w = max(sum(g.width for g, _ in row) + pad * (len(row) + 1) for row in rows)
+    heights = [max(g.height for g, _ in row) + head for row in rows]
+    sheet = Image.new("RGB", (w, sum(heights) + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    x = pad
-    for grid, label in zip(grids, labels, strict=True):
-        draw.text((x, 6), label, fill="black")
-        sheet.paste(grid, (x, head))
-        x += grid.width + pad
+    y = 0
+    for row, h in zip(rows, heights, strict=True):
+        x = pad
+        for grid, label in row:
+            draw.text((x, y + 6), label, fill="black")
+            sheet.paste(grid, (x, y + head))
+            x += grid.width + pad
+        y += h
     sheet.save(path)
+
+
+def _config_of(grid: Path) -> str:
+    """`final_g24_d16_s0.png` -> `g24_d16` (the round name has no underscore)."""
+    return grid.stem.split("_", 1)[1].rsplit("_s", 1)[0]
+
+
+def _label(grid: Path) -> str:
+    """`final_defaults_s0.png` -> `defaults, seed 0`."""
+    return f"{_config_of(grid)}, seed {grid.stem.rsplit('_s', 1)[1]}"
 
 
 def tiny_data(n: int = 24, size: int = 32) -> torch.Tensor:
@@ -349,7 +371,11 @@ def _report(row: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--round", default="screen", help="name of this round in the results (default: screen)")
+    ap.add_argument(
+        "--round",
+        default="screen",
+        help=f"name of this round in the results (default: screen); {FULL}: table only",
+    )
     ap.add_argument("--configs", default="all", help="comma list of config names, or all")
     ap.add_argument("--seeds", default="0", help="comma list of seeds")
     ap.add_argument(
@@ -365,16 +391,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tiny", action="store_true", help="32 px, 24 images, a few steps: a smoke test")
     args = ap.parse_args(argv)
+    if "_" in args.round:
+        ap.error(f"--round {args.round!r}: no underscores (grid files are <round>_<config>_s<seed>.png)")
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     rows, budget = load_results(results)
+    if args.round == FULL and not args.plot:  # a view of runs already made; nothing is trained
+        print(table(rows, FULL, budget))
+        return 0
     if args.plot:
         names = args.plot.split(",")
         plot(rows, names, args.round, args.out / "swd_vs_minutes.png")
-        grids = [q for n in names for q in sorted(args.out.glob(f"{args.round}_{n}_s*.png"))]
-        labels = [q.stem.split("_", 1)[1].replace("_s", ", seed ") for q in grids]
-        side_by_side(grids, labels, args.out / "grids_side_by_side.png")
+        rows_of_grids = [
+            sorted(
+                q
+                for q in args.out.glob(f"*_{n}_s*.png")
+                if _config_of(q) == n and (args.round == FULL or q.name.startswith(f"{args.round}_"))
+            )
+            for n in names
+        ]
+        side_by_side(rows_of_grids, args.out / "grids_side_by_side.png")
         print(f"wrote {args.out / 'swd_vs_minutes.png'} and {args.out / 'grids_side_by_side.png'}")
         return 0
 

@@ -40,6 +40,13 @@ def test_tiny_study_measures_budget_then_screens_and_continues(tmp_path, capsys)
     # A second call finds every run done: nothing is trained again, the table is the same.
     assert study.main(args) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
+    # --round full is a view: every whole-budget run, across rounds; nothing is trained.
+    capsys.readouterr()
+    assert study.main(["--round", "full", "--out", str(out)]) == 0
+    assert "round full:" in capsys.readouterr().out
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
+    with pytest.raises(SystemExit):
+        study.main(["--round", "my_round", "--out", str(out)])  # grid names split on "_"
     pytest.importorskip("matplotlib")
     assert study.main(["--plot", "defaults,ttur", "--round", "screen", "--out", str(out)]) == 0
     assert (out / "swd_vs_minutes.png").stat().st_size > 0
