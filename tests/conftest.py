@@ -18,14 +18,7 @@ BIN = Path(sys.executable).parent
 TINY = {
     "download": {"count": 40},
     "resize": {"size": 64, "workers": 1},
-    "train": {
-        "resolution": 32,
-        "channels": 8,
-        "d_channels": 4,
-        "batch_size": 16,
-        "kimg": 0.1,
-        "log_kimg": 0.05,
-    },
+    "train": {"resolution": 32, "channels": 8, "batch_size": 16, "kimg": 0.1, "log_kimg": 0.05},
     "sample": {"n": 8, "nrow": 4, "interpolation_points": 2, "interpolation_steps": 3},
     "evaluate": {"n": 16, "patches_per_image": 32, "projections": 64},
 }

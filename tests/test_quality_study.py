@@ -64,6 +64,7 @@ def test_study_only_overrides_reach_the_optimisers():
     assert t.ema_rampup == 0.2 and t.lr_decay == 0.5
     first = next(t.d.parameters())
     assert first.shape[0] == 4  # D's first conv has d_channels filters
+    assert any(q is first for g in t.opt_d.param_groups for q in g["params"])
     # lr_decay: constant for the first half of the budget, then linear to 0 at its end.
     budget = 1.0
     study.train(t, budget, None, 0, None)
@@ -82,3 +83,9 @@ def test_configs_are_overrides_of_params_yaml_with_d_as_wide_as_g_unless_set():
     assert ch24.channels == ch24.d_width == 24
     d16, _ = study.config_params("d16", 0, base)
     assert (d16.channels, d16.d_width) == (base.channels, 16)
+
+
+def test_unknown_config_is_one_clear_error(tmp_path):
+    study = _study()
+    with pytest.raises(SystemExit):
+        study.main(["--configs", "nope", "--out", str(tmp_path), "--params", str(ROOT / "params.yaml")])

@@ -490,7 +490,6 @@ def test_training_onto_a_real_full_tmpfs_is_one_line(accepted):
     train = {
         "resolution": 32,
         "channels": 8,
-        "d_channels": 4,
         "batch_size": 8,
         "kimg": 0.032,
         "eval_kimg": 0,

@@ -29,7 +29,6 @@ TINY = {
     "train": {
         "resolution": 32,
         "channels": 4,
-        "d_channels": 4,
         "batch_size": 8,
         "kimg": 0.08,
         "log_kimg": 0.016,
