@@ -32,6 +32,30 @@ if TYPE_CHECKING:
 EMA_RAMPUP = 0.05  # EMA half-life is at most 5% of the images shown so far, so short runs still average
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX), through oneDNN."""
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, name, None)  # private, so guarded: absent or failing means no
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # noqa: BLE001
+            pass
+    return False
+
+
+def auto_precision(device: torch.device) -> str:
+    """`precision: auto`: bf16 autocast on CUDA and on CPUs with native bf16, else fp32.
+
+    On the 2-core AMD EPYC (AVX512-BF16) this project is built on, bf16 autocast trains the
+    default 64 px nets 1.6x faster than fp32 for the same SWD (README, "Quality study"). Without
+    native support bf16 is emulated and slower than fp32.
+    """
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
 def _make_adam(params, p: TrainParams, device: torch.device) -> torch.optim.Adam:
     kwargs: dict[str, Any] = {"lr": p.lr, "betas": (p.beta1, p.beta2)}
     if device.type in ("cuda", "cpu"):
@@ -60,7 +84,7 @@ class Trainer:
         self.images_per_step = self.batch * world
         self.policy = parse_policy(p.diffaugment)
         self.fmt = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-        precision = p.precision if p.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        precision = p.precision if p.precision != "auto" else auto_precision(device)
         if precision == "bf16" and device.type not in ("cuda", "cpu"):
             raise PipelineError(f"params.yaml: train.precision: bf16 is not supported on {device.type}")
         self.precision = precision

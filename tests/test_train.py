@@ -157,6 +157,41 @@ def test_a_few_steps_of_each_loss_and_option(option, monkeypatch):
     assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
 
 
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "want"),
+    [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16"), ("raise", "raise", "fp32")],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(avx512_bf16, amx, want, monkeypatch):
+    from pipeline import trainer
+
+    def probe(value):
+        def check():
+            if value == "raise":
+                raise RuntimeError("no cpuinfo")
+            return value
+
+        return check
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", probe(avx512_bf16), raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe(amx), raising=False)
+    assert trainer.auto_precision(torch.device("cpu")) == want
+    assert trainer.auto_precision(torch.device("cuda")) == "bf16"
+    assert trainer.auto_precision(torch.device("mps")) == "fp32"
+    data = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    t = train.Trainer(params_from_dict(tiny(precision="auto")).train, data, torch.device("cpu"))
+    assert t.precision == want
+    t.step()
+    assert t.finite_so_far()
+
+
+def test_auto_precision_without_the_private_probes_is_fp32(monkeypatch):
+    from pipeline import trainer
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert trainer.auto_precision(torch.device("cpu")) == "fp32"
+
+
 def test_ema_lags_the_raw_generator_and_zero_ema_follows_it():
     data = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
 
