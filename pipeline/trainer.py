@@ -39,7 +39,7 @@ def cpu_has_native_bf16() -> bool:
         try:
             if check is not None and check():
                 return True
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     return False
 
