@@ -3,7 +3,7 @@
 - Small data: DiffAugment on real and fake images in both the D and the G
   step, and an EMA copy of G (BatchNorm statistics re-estimated) for samples.
 - Speed: the dataset sits on the device as uint8 and is augmented there;
-  channels_last; bf16 autocast on CUDA; fused Adam; cudnn.benchmark; optional
+  channels_last; bf16 autocast on CUDA and native-bf16 CPUs; fused Adam; cudnn.benchmark; optional
   torch.compile. Per-step stats stay on the device until they are read.
 - Determinism: explicit RNGs (saved by pipeline/checkpoint.py), so a resumed
   run draws what an uninterrupted one would.
@@ -48,7 +48,7 @@ def auto_precision(device: torch.device) -> str:
     """`precision: auto`: bf16 autocast on CUDA and on CPUs with native bf16, else fp32.
 
     On the 2-core AMD EPYC (AVX512-BF16) this project is built on, bf16 autocast trains the
-    default 64 px nets 1.6x faster than fp32 for the same SWD (README, "Quality study"). Without
+    default 64 px nets 1.5-1.7x faster than fp32 (README, "Quality study"). Without
     native support bf16 is emulated and slower than fp32.
     """
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
