@@ -103,6 +103,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # speed: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX): 1.6x the images per CPU second here
     "bf16": {"precision": "bf16"},
     "aug_t_bf16": {"diffaugment": "translation", "precision": "bf16"},
+    # round 3: widths on top of the new defaults
+    "new_ch48": {"diffaugment": "translation", "precision": "bf16", "channels": 48},
+    "new_d48": {"diffaugment": "translation", "precision": "bf16", "d_channels": 48},
 }
 STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay")
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay"]  # --tiny: one of each code path

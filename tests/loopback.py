@@ -97,17 +97,26 @@ def _handler(routes: Routes) -> type[BaseHTTPRequestHandler]:
             if not (headers or {}).get("no-length"):
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            # The client may read the last byte, free its slot and send its next request before this
+            # thread runs again; counted after the write, a capped client could look one over its cap.
+            self._leave()
             self.wfile.write(body)
+
+        def _leave(self) -> None:
+            with routes.lock:
+                if self.counted:
+                    routes.inflight -= 1
+                    self.counted = False
 
         def do_GET(self) -> None:
             with routes.lock:
                 routes.inflight += 1
                 routes.max_inflight = max(routes.max_inflight, routes.inflight)
+                self.counted = True
             try:
                 self._get()
             finally:
-                with routes.lock:
-                    routes.inflight -= 1
+                self._leave()
 
         def do_POST(self) -> None:
             self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
