@@ -82,7 +82,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "aug_ctc": {"diffaugment": "color,translation,cutout"},
     "aug_t": {"diffaugment": "translation"},
     "aug_none": {"diffaugment": "none"},
-    "aug_tc": {"diffaugment": "translation,cutout"},
     # architecture: widths and G/D balance
     "ch48": {"channels": 48},
     "ch24": {"channels": 24},
