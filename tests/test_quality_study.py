@@ -71,14 +71,18 @@ def test_study_only_overrides_reach_the_optimisers():
     assert 0 < t.opt_d.param_groups[0]["lr"] < 3e-4 and t.opt_d.param_groups[0]["base_lr"] == 3e-4
 
 
-def test_configs_are_overrides_of_params_yaml_with_d_as_wide_as_g_unless_set():
+def test_configs_are_overrides_of_the_study_base_and_aug_t_bf16_is_params_yaml():
     study = _study()
-    base = study.load_params(ROOT / "params.yaml").train
+    yaml_train = study.load_params(ROOT / "params.yaml").train
+    base = study.study_base(ROOT / "params.yaml")
     defaults, extra = study.config_params("defaults", 0, base)
     assert not extra and defaults.d_width == defaults.channels
-    # The baseline is params.yaml as it is (one thread, CPU, no in-loop SWD), so its rows stay comparable.
-    same = dataclasses.replace(defaults, threads=base.threads, device=base.device, eval_kimg=base.eval_kimg)
-    assert same == base
+    assert (defaults.diffaugment, defaults.precision, defaults.kimg) == ("color,translation", "fp32", 45)
+    # The study's winner is what params.yaml holds now, but for precision (auto is bf16 on the
+    # study's CPU) and kimg (a budget run stops on CPU time, not on kimg).
+    new, _ = study.config_params("aug_t_bf16", yaml_train.seed, base)
+    local = {"threads": yaml_train.threads, "device": yaml_train.device, "eval_kimg": yaml_train.eval_kimg}
+    assert dataclasses.replace(new, precision="auto", kimg=yaml_train.kimg, **local) == yaml_train
     ch24, _ = study.config_params("ch24", 0, base)
     assert ch24.channels == ch24.d_width == 24
     d16, _ = study.config_params("d16", 0, base)
