@@ -27,9 +27,10 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --plot defaults,lr_x2 --round final  # SWD-vs-minutes PNG, grids
     python benchmarks/quality_study.py --round full  # the table of every whole-budget run, trains nothing
     python benchmarks/quality_study.py --tiny --out /tmp/q   # seconds; what the unit test runs
+    python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`) are set by this script after the Trainer is built:
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`) are set by this script after the Trainer is built:
 screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -105,9 +106,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # round 3: widths on top of the new defaults
     "new_ch48": {"diffaugment": "translation", "precision": "bf16", "channels": 48},
     "new_d48": {"diffaugment": "translation", "precision": "bf16", "d_channels": 48},
+    # round 4, on top of the new defaults: x-flipped real images (StyleGAN2-ADA's --mirror), minibatch std
+    "new_mirror": {"diffaugment": "translation", "precision": "bf16", "mirror": True},
+    "new_mbstd": {"diffaugment": "translation", "precision": "bf16", "mbstd": True},
+    # round 5: FastGAN's skip-layer excitation in G; a shorter EMA ramp-up
+    "new_sle": {"diffaugment": "translation", "precision": "bf16", "sle": True},
+    "new_ema_r2": {"diffaugment": "translation", "precision": "bf16", "ema_rampup": 0.02},
 }
-STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay")
-TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay"]  # --tiny: one of each code path
+STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle")
+# --tiny: one of each code path
+TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 FULL = "full"  # --round full (table and --plot only): all runs at the whole budget, across rounds
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
@@ -139,9 +147,109 @@ def study_base(params_path: str | Path) -> TrainParams:
     return dataclasses.replace(load_params(params_path).train, **STUDY_BASE)
 
 
+class MinibatchStd(torch.nn.Module):
+    """Progressive GAN's minibatch standard deviation: one extra feature map, the mean over features
+    and positions of the std over groups of 4 images, so D can see a batch that lacks variety."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = math.gcd(4, b)
+        y = x.float().view(g, -1, c, h, w)
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b / g,)
+        y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w).to(x.dtype)
+        return torch.cat([x, y], dim=1)
+
+
+def add_mbstd(t: Trainer) -> None:
+    """Insert MinibatchStd before D's last conv (which gains an input channel); new D optimizer."""
+    from pipeline.model import init_weights
+    from pipeline.trainer import _make_adam
+
+    layers = list(t.d.main)
+    last = layers[-1]
+    conv = torch.nn.Conv2d(last.in_channels + 1, 1, 4, 1, 0, bias=False)
+    init_weights(conv)
+    t.d.main = torch.nn.Sequential(*layers[:-1], MinibatchStd(), conv).to(memory_format=t.fmt)
+    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device)
+    t.d_fwd = t.d
+
+
+def _excite(cin: int, cout: int) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Conv2d(cin, cout, 4, 1, 0, bias=False),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.Conv2d(cout, cout, 1, 1, 0, bias=False),
+        torch.nn.Sigmoid(),
+    )
+
+
+class SLEGenerator(torch.nn.Module):
+    """The DCGAN generator with FastGAN's skip-layer excitation (Liu et al. 2021): the features of
+    each block gate the channels of the block two steps (4x the size) finer, so at 64 px the 4x4
+    block gates the 16x16 one and 8x8 the 32x32: global shape reaches the fine layers in one step."""
+
+    def __init__(self, g: torch.nn.Module) -> None:
+        super().__init__()
+        self.latent_dim = g.latent_dim
+        self.main = g.main
+        ends = [i for i, m in enumerate(self.main) if isinstance(m, torch.nn.ReLU)]  # one per block
+        self.pairs = list(zip(ends, ends[2:], strict=False))
+        width = lambda i: self.main[i - 1].num_features  # noqa: E731 (the BatchNorm before the ReLU)
+        self.excite = torch.nn.ModuleList(_excite(width(a), width(b)) for a, b in self.pairs)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z.view(z.shape[0], -1, 1, 1)
+        sources = {a for a, _ in self.pairs}
+        gates = {b: (a, e) for (a, b), e in zip(self.pairs, self.excite, strict=True)}
+        saved: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(self.main):
+            x = layer(x)
+            if i in gates:
+                a, excite = gates[i]
+                x = x * excite(saved[a])
+            if i in sources:
+                saved[i] = x
+        return x
+
+
+def add_sle(t: Trainer) -> None:
+    """G becomes SLEGenerator (new EMA copy and G optimizer)."""
+    import copy
+
+    from pipeline.model import init_weights
+    from pipeline.trainer import _make_adam
+
+    g = SLEGenerator(t.g)
+    g.excite.apply(init_weights)
+    t.g = g.to(memory_format=t.fmt)
+    t.g_ema = copy.deepcopy(t.g).eval().requires_grad_(False)
+    t.opt_g = _make_adam(t.g.parameters(), t.p, t.device)
+    t.g_fwd = t.g
+
+
+def add_mirror(t: Trainer) -> None:
+    """Each real image x-flipped with probability 1/2 (its own generator: other draws are unchanged)."""
+    gen = torch.Generator().manual_seed(t.p.seed + 4242)
+    take = t._next_real
+
+    def mirrored() -> torch.Tensor:
+        x = take()
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).contiguous(memory_format=t.fmt)
+
+    t._next_real = mirrored
+
+
 def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
     t = (LeCamTrainer if "lecam" in extra else Trainer)(p, data, torch.device("cpu"))
+    if extra.get("mbstd"):
+        add_mbstd(t)
+    if extra.get("sle"):
+        add_sle(t)
+    if extra.get("mirror"):
+        add_mirror(t)
     t.lecam = extra.get("lecam", 0.0)
     t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
     t.lr_decay = extra.get("lr_decay", 0.0)
@@ -363,6 +471,44 @@ def _label(grid: Path) -> str:
     return f"{_config_of(grid)}, seed {grid.stem.rsplit('_s', 1)[1]}"
 
 
+def truncation_sweep(
+    model: Path,
+    data: torch.Tensor,
+    out: Path,
+    values: list[float | None],
+    n: int = EVAL_N,
+    swd_kw: dict[str, int] | None = None,
+) -> str:
+    """SWD/floor of one trained generator with latents truncated as `generate --truncation` does
+    (components beyond ±T redrawn; None = untruncated), as the evaluate stage measures it, and a
+    grid per value (seed 42's latents, as samples/grid.png). Markdown table."""
+    from pipeline.sample import forward, load
+
+    g, config = load(model)
+    real, swd_kw = data, swd_kw or {}
+    a, b = split_halves(real, EVAL_SEED)
+    floor = multiscale_swd(a, b, seed=EVAL_SEED, **swd_kw)["swd_avg"]
+    lines = [
+        f"truncation sweep: {model}, floor SWD {floor:.2f}",
+        "",
+        "| truncation | SWD | SWD/floor | SWD 64 / 32 / 16 px | NN RMS |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t in values:
+        z = latents(n, config["latent_dim"], torch.Generator().manual_seed(EVAL_SEED), t)
+        fake = to_uint8(forward(g, z))
+        swd = multiscale_swd(fake, real, seed=EVAL_SEED, **swd_kw)
+        _, dist = nearest_neighbours(fake[:64], real)
+        levels = " / ".join(f"{v:.1f}" for k, v in swd.items() if k != "swd_avg")
+        lines.append(
+            f"| {t or 'none'} | {swd['swd_avg']:.2f} | {swd['swd_avg'] / floor:.3f} | {levels} "
+            f"| {float(dist.median()):.1f} |"
+        )
+        grid_z = latents(64, config["latent_dim"], torch.Generator().manual_seed(GRID_SEED), t)
+        to_image(forward(g, grid_z), nrow=8).save(out / f"truncation_{t or 'none'}.png")
+    return "\n".join(lines)
+
+
 def tiny_data(n: int = 24, size: int = 32) -> torch.Tensor:
     """The first `n` built-in synthetic pictures at `size` px: what --tiny trains on."""
     from PIL import Image
@@ -407,7 +553,18 @@ def main(argv: list[str] | None = None) -> int:
         "--plot", default="", help="comma list of configs: only write the SWD-vs-minutes plot and their grids"
     )
     ap.add_argument("--tiny", action="store_true", help="32 px, 24 images, a few steps: a smoke test")
+    ap.add_argument(
+        "--truncation",
+        type=Path,
+        metavar="MODEL",
+        help="no training: SWD/floor and grids of MODEL (e.g. models/generator.pt) at latent truncations",
+    )
     args = ap.parse_args(argv)
+    if args.truncation:
+        args.out.mkdir(parents=True, exist_ok=True)
+        data = load_dataset(args.data, torch.load(args.truncation, weights_only=True)["config"]["resolution"])
+        print(truncation_sweep(args.truncation, data, args.out, [None, 2.0, 1.5, 1.0, 0.5]))
+        return 0
     if "_" in args.round:
         ap.error(f"--round {args.round!r}: no underscores (grid files are <round>_<config>_s<seed>.png)")
     torch.set_num_threads(1)

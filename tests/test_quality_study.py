@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_SWD = {"patches_per_image": 16, "projections": 64}  # as --tiny
 
 
 def _study():
@@ -93,3 +94,87 @@ def test_unknown_config_is_one_clear_error(tmp_path):
     study = _study()
     with pytest.raises(SystemExit):
         study.main(["--configs", "nope", "--out", str(tmp_path), "--params", str(ROOT / "params.yaml")])
+
+
+def test_mirror_flips_about_half_of_the_real_images_and_nothing_else():
+    study = _study()
+    import torch
+
+    data = study.tiny_data(n=8)
+    base = study.load_params(ROOT / "params.yaml").train
+    p = dataclasses.replace(base, resolution=32, channels=8, batch_size=8, precision="fp32")
+    plain, mirrored = study.build(p, {}, data), study.build(p, {"mirror": True}, data)
+    flipped = kept = 0
+    for _ in range(16):  # the same index draws: the mirror has its own generator
+        a, b = plain._next_real(), mirrored._next_real()
+        for x, y in zip(a, b, strict=True):
+            if torch.equal(x, y):
+                kept += 1
+            else:
+                assert torch.equal(x.flip(2), y), "each image is either kept or x-flipped"
+                flipped += 1
+    assert 40 <= flipped <= 88 and flipped + kept == 128  # 64 expected; binomial sd 5.7
+
+
+def test_minibatch_std_adds_one_feature_map_and_d_still_trains():
+    study = _study()
+    import torch
+
+    x = torch.randn(8, 5, 4, 4)
+    y = study.MinibatchStd()(x)
+    assert y.shape == (8, 6, 4, 4) and torch.equal(y[:, :5], x)
+    same = study.MinibatchStd()(torch.ones(8, 5, 4, 4))[:, 5]  # no spread: sqrt(0 + 1e-8)
+    assert torch.allclose(same, torch.full((8, 4, 4), 1e-4))
+    data = study.tiny_data(n=8)
+    base = study.load_params(ROOT / "params.yaml").train
+    p = dataclasses.replace(base, resolution=32, channels=8, batch_size=8, precision="fp32")
+    t = study.build(p, {"mbstd": True}, data)
+    last = list(t.d.main)[-1]
+    assert last.in_channels == 8 * 2 * 2 + 1  # D's last conv reads the extra map
+    assert any(q is last.weight for g in t.opt_d.param_groups for q in g["params"])
+    before = last.weight.detach().clone()
+    t.step()
+    assert not torch.equal(before, last.weight) and t.d(t._next_real()).shape == (8,)
+
+
+def test_truncation_sweep_reports_each_value_and_writes_its_grid(tmp_path, capsys):
+    study = _study()
+    import torch
+
+    from pipeline.model import Generator, generator_config
+
+    torch.manual_seed(0)
+    g = Generator(32, 16, 4, upsample="nearest")
+    model = tmp_path / "generator.pt"
+    torch.save({"config": generator_config(32, 16, 4, 512, "nearest"), "state_dict": g.state_dict()}, model)
+    data = study.tiny_data(n=8)
+    table = study.truncation_sweep(model, data, tmp_path, [None, 1.0], n=16, swd_kw=TINY_SWD)
+    rows = [line for line in table.splitlines() if line.startswith("| none") or line.startswith("| 1.0")]
+    assert len(rows) == 2
+    assert (tmp_path / "truncation_none.png").stat().st_size > 0
+    assert (tmp_path / "truncation_1.0.png").stat().st_size > 0
+
+
+def test_skip_layer_excitation_gates_the_fine_blocks_and_trains():
+    study = _study()
+    import torch
+
+    data = study.tiny_data(n=8)
+    base = study.load_params(ROOT / "params.yaml").train
+    p = dataclasses.replace(
+        base, resolution=32, channels=8, batch_size=8, precision="fp32", upsample="nearest"
+    )
+    t = study.build(p, {"sle": True}, data)
+    assert isinstance(t.g, study.SLEGenerator) and isinstance(t.g_ema, study.SLEGenerator)
+    assert t.g.pairs == [(2, 10)]  # 32 px: the 4x4 block gates the 16x16 one
+    gate = t.g.excite[0][1].weight
+    assert any(q is gate for g in t.opt_g.param_groups for q in g["params"])
+    before = gate.detach().clone()
+    t.step()
+    assert not torch.equal(before, gate), "the excitation's weights train"
+    # Closing the gates (a very negative last conv) zeroes the gated block: the gate is in the path.
+    with torch.no_grad():
+        out_open = t.g(t.fixed_z[:8])
+        t.g.excite[0][3].weight.fill_(-50.0)
+        assert not torch.allclose(out_open, t.g(t.fixed_z[:8]))
+    assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
