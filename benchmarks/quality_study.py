@@ -60,7 +60,7 @@ from pipeline.evaluate import split_halves
 from pipeline.params import TrainParams, load_params
 from pipeline.sample import latents, nearest_neighbours
 from pipeline.swd import multiscale_swd
-from pipeline.tensors import load_dataset, to_image, to_uint8
+from pipeline.tensors import load_dataset, to_image, to_uint8, to_unit
 from pipeline.trainer import Trainer
 
 # The defaults this study started from. params.yaml has since moved on (to translation-only
@@ -112,6 +112,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # round 5: FastGAN's skip-layer excitation in G; a shorter EMA ramp-up
     "new_sle": {"diffaugment": "translation", "precision": "bf16", "sle": True},
     "new_ema_r2": {"diffaugment": "translation", "precision": "bf16", "ema_rampup": 0.02},
+    # all three round 4-5 additions at once: do small, noisy gains add up?
+    "new_all": {
+        "diffaugment": "translation",
+        "precision": "bf16",
+        "mirror": True,
+        "mbstd": True,
+        "sle": True,
+    },
 }
 STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle")
 # --tiny: one of each code path
@@ -174,7 +182,8 @@ def add_mbstd(t: Trainer) -> None:
     t.d_fwd = t.d
 
 
-def _excite(cin: int, cout: int) -> torch.nn.Module:
+def excitation(cin: int, cout: int) -> torch.nn.Module:
+    """FastGAN's skip-layer excitation: coarse features -> one gate in (0, 1) per fine channel."""
     return torch.nn.Sequential(
         torch.nn.AdaptiveAvgPool2d(4),
         torch.nn.Conv2d(cin, cout, 4, 1, 0, bias=False),
@@ -185,8 +194,8 @@ def _excite(cin: int, cout: int) -> torch.nn.Module:
 
 
 class SLEGenerator(torch.nn.Module):
-    """The DCGAN generator with FastGAN's skip-layer excitation (Liu et al. 2021): the features of
-    each block gate the channels of the block two steps (4x the size) finer, so at 64 px the 4x4
+    """The DCGAN generator with FastGAN's skip-layer excitation (Liu et al. 2021): each block's
+    features gate the channels of the block two steps (4x the size) finer, so at 64 px the 4x4
     block gates the 16x16 one and 8x8 the 32x32: global shape reaches the fine layers in one step."""
 
     def __init__(self, g: torch.nn.Module) -> None:
@@ -196,7 +205,7 @@ class SLEGenerator(torch.nn.Module):
         ends = [i for i, m in enumerate(self.main) if isinstance(m, torch.nn.ReLU)]  # one per block
         self.pairs = list(zip(ends, ends[2:], strict=False))
         width = lambda i: self.main[i - 1].num_features  # noqa: E731 (the BatchNorm before the ReLU)
-        self.excite = torch.nn.ModuleList(_excite(width(a), width(b)) for a, b in self.pairs)
+        self.excite = torch.nn.ModuleList(excitation(width(a), width(b)) for a, b in self.pairs)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = z.view(z.shape[0], -1, 1, 1)
@@ -481,11 +490,14 @@ def truncation_sweep(
 ) -> str:
     """SWD/floor of one trained generator with latents truncated as `generate --truncation` does
     (components beyond ±T redrawn; None = untruncated), as the evaluate stage measures it, and a
-    grid per value (seed 42's latents, as samples/grid.png). Markdown table."""
+    grid per value (seed 42's latents, as samples/grid.png), beside `real.png`: 64 training
+    images at the same size and layout, to judge the grids against. Markdown table."""
     from pipeline.sample import forward, load
 
     g, config = load(model)
     real, swd_kw = data, swd_kw or {}
+    pick = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(GRID_SEED))[:64]
+    to_image(to_unit(real[pick]), nrow=8).save(out / "real.png")
     a, b = split_halves(real, EVAL_SEED)
     floor = multiscale_swd(a, b, seed=EVAL_SEED, **swd_kw)["swd_avg"]
     lines = [

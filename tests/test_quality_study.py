@@ -96,13 +96,17 @@ def test_unknown_config_is_one_clear_error(tmp_path):
         study.main(["--configs", "nope", "--out", str(tmp_path), "--params", str(ROOT / "params.yaml")])
 
 
+def _tiny(study, **overrides):
+    """params.yaml's train section at 32 px, 8 channels, batch 8, fp32: a step takes milliseconds."""
+    base = study.load_params(ROOT / "params.yaml").train
+    return dataclasses.replace(base, resolution=32, channels=8, batch_size=8, precision="fp32", **overrides)
+
+
 def test_mirror_flips_about_half_of_the_real_images_and_nothing_else():
     study = _study()
     import torch
 
-    data = study.tiny_data(n=8)
-    base = study.load_params(ROOT / "params.yaml").train
-    p = dataclasses.replace(base, resolution=32, channels=8, batch_size=8, precision="fp32")
+    data, p = study.tiny_data(n=8), _tiny(study)
     plain, mirrored = study.build(p, {}, data), study.build(p, {"mirror": True}, data)
     flipped = kept = 0
     for _ in range(16):  # the same index draws: the mirror has its own generator
@@ -125,10 +129,7 @@ def test_minibatch_std_adds_one_feature_map_and_d_still_trains():
     assert y.shape == (8, 6, 4, 4) and torch.equal(y[:, :5], x)
     same = study.MinibatchStd()(torch.ones(8, 5, 4, 4))[:, 5]  # no spread: sqrt(0 + 1e-8)
     assert torch.allclose(same, torch.full((8, 4, 4), 1e-4))
-    data = study.tiny_data(n=8)
-    base = study.load_params(ROOT / "params.yaml").train
-    p = dataclasses.replace(base, resolution=32, channels=8, batch_size=8, precision="fp32")
-    t = study.build(p, {"mbstd": True}, data)
+    t = study.build(_tiny(study), {"mbstd": True}, study.tiny_data(n=8))
     last = list(t.d.main)[-1]
     assert last.in_channels == 8 * 2 * 2 + 1  # D's last conv reads the extra map
     assert any(q is last.weight for g in t.opt_d.param_groups for q in g["params"])
@@ -153,18 +154,14 @@ def test_truncation_sweep_reports_each_value_and_writes_its_grid(tmp_path, capsy
     assert len(rows) == 2
     assert (tmp_path / "truncation_none.png").stat().st_size > 0
     assert (tmp_path / "truncation_1.0.png").stat().st_size > 0
+    assert (tmp_path / "real.png").stat().st_size > 0
 
 
 def test_skip_layer_excitation_gates_the_fine_blocks_and_trains():
     study = _study()
     import torch
 
-    data = study.tiny_data(n=8)
-    base = study.load_params(ROOT / "params.yaml").train
-    p = dataclasses.replace(
-        base, resolution=32, channels=8, batch_size=8, precision="fp32", upsample="nearest"
-    )
-    t = study.build(p, {"sle": True}, data)
+    t = study.build(_tiny(study, upsample="nearest"), {"sle": True}, study.tiny_data(n=8))
     assert isinstance(t.g, study.SLEGenerator) and isinstance(t.g_ema, study.SLEGenerator)
     assert t.g.pairs == [(2, 10)]  # 32 px: the 4x4 block gates the 16x16 one
     gate = t.g.excite[0][1].weight
