@@ -404,6 +404,19 @@ def _overlap(d: int) -> slice:
 _DY, _DX = np.array(DISPLACEMENTS).T
 _N = ((THUMB - np.abs(_DY)) * (THUMB - np.abs(_DX))).astype(np.float64)  # overlap sizes
 _MIRROR = len(DISPLACEMENTS) - 1 - np.arange(len(DISPLACEMENTS))  # the index of -d
+# Displacements in the order ties go: no shift first, then the smallest. Swapping a and b turns
+# every d into -d, and the key is the same for both, so b ~ a breaks a tie as a ~ b did (only a
+# tie of d with -d itself, a mirror-symmetric pair, is left to the index).
+_TIE_ORDER = np.array(
+    sorted(
+        range(len(DISPLACEMENTS)),
+        key=lambda k: (
+            abs(DISPLACEMENTS[k][0]) + abs(DISPLACEMENTS[k][1]),
+            abs(DISPLACEMENTS[k][0]),
+            DISPLACEMENTS[k][0] * DISPLACEMENTS[k][1],
+        ),
+    )
+)
 
 
 def _smooth(f: np.ndarray) -> np.ndarray:
@@ -470,12 +483,11 @@ def _correlate(pa: _Prepared, ia: np.ndarray, pb: _Prepared, ib: np.ndarray) -> 
     flat_a, flat_b = var_a < FLAT_RMS**2 * _N, var_b < FLAT_RMS**2 * _N
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
-    corr = np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), corr).astype(np.float32)
-    rows = np.arange(len(ia))
-    best = corr.argmax(axis=1)
-    centre = len(DISPLACEMENTS) // 2
-    best[corr[rows, centre] >= corr[rows, best]] = centre  # ties (flat parts): no displacement
-    return corr[rows, best], best
+    corr = np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), corr)
+    # Chosen in float64, where a ~ b and b ~ a give bitwise mirrored values: in float32 nearby
+    # displacements tie, and an argmax then broke the tie by index, differently for b ~ a.
+    best = _TIE_ORDER[corr[:, _TIE_ORDER].argmax(axis=1)]  # ties (flat parts): no displacement
+    return corr[np.arange(len(ia)), best].astype(np.float32), best
 
 
 def _colour_prep(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageEnhance
 
@@ -492,6 +492,9 @@ kinds = st.sampled_from(["random", "flat", "near-flat", "red-blue"])
 
 @settings(max_examples=60, deadline=None)
 @given(kinds, kinds, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 3))
+# Found by CI: two vertical red|blue edges correlate equally (in float32) at shifts (-2, 0) and
+# (-1, 0); a ~ b took one and b ~ a the mirror of the other, so the colours differed by 0.011.
+@example("red-blue", "red-blue", 2, 9453059, 2)
 def test_verify_is_bounded_and_symmetric(kind_a, kind_b, seed_a, seed_b, level):
     a = _thumb(kind_a, seed_a, level)[None]
     b = _thumb(kind_b, seed_b, level)[None]
@@ -499,7 +502,7 @@ def test_verify_is_bounded_and_symmetric(kind_a, kind_b, seed_a, seed_b, level):
     (s_ba,), (c_ba,) = verify(b, a)
     assert -1.0 <= s_ab <= 1.0 and -1.0 <= s_ba <= 1.0  # a correlation, never 18.6
     assert abs(s_ab - s_ba) <= 1e-4
-    assert 0.0 <= c_ab <= 255.0 and abs(c_ab - c_ba) <= 1e-2
+    assert 0.0 <= c_ab <= 255.0 and abs(c_ab - c_ba) <= 1e-3
     (s_aa,), (c_aa,) = verify(a, a)
     assert s_aa == pytest.approx(1.0, abs=1e-4) and c_aa == pytest.approx(0.0, abs=1e-3)
 
