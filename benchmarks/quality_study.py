@@ -112,6 +112,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # round 5: FastGAN's skip-layer excitation in G; a shorter EMA ramp-up
     "new_sle": {"diffaugment": "translation", "precision": "bf16", "sle": True},
     "new_ema_r2": {"diffaugment": "translation", "precision": "bf16", "ema_rampup": 0.02},
+    # cutout back, without the colour jitter that hid its effect in aug_ctc
+    "new_tc": {"diffaugment": "translation,cutout", "precision": "bf16"},
     # all three round 4-5 additions at once: do small, noisy gains add up?
     "new_all": {
         "diffaugment": "translation",
