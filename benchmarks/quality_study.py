@@ -30,7 +30,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`) are set by this script after the Trainer is built:
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`) are set by this script after the Trainer is built:
 screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -112,6 +112,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # round 5: FastGAN's skip-layer excitation in G; a shorter EMA ramp-up
     "new_sle": {"diffaugment": "translation", "precision": "bf16", "sle": True},
     "new_ema_r2": {"diffaugment": "translation", "precision": "bf16", "ema_rampup": 0.02},
+    # a StyleGAN2-style skip G, screened before only with the old augmentation (1.54x)
+    "new_skip": {"diffaugment": "translation", "precision": "bf16", "skip": True},
     # cutout back, without the colour jitter that hid its effect in aug_ctc
     "new_tc": {"diffaugment": "translation,cutout", "precision": "bf16"},
     # all three round 4-5 additions at once: do small, noisy gains add up?
@@ -123,7 +125,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "sle": True,
     },
 }
-STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle")
+STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip")
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
@@ -224,15 +226,41 @@ class SLEGenerator(torch.nn.Module):
         return x
 
 
-def add_sle(t: Trainer) -> None:
-    """G becomes SLEGenerator (new EMA copy and G optimizer)."""
+class SkipGenerator(torch.nn.Module):
+    """The DCGAN generator as a StyleGAN2 "skip" G: every block also has a 1x1 RGB output, and
+    the picture is the sum of all of them, each upsampled (bilinear) to full size, before tanh."""
+
+    def __init__(self, g: torch.nn.Module) -> None:
+        super().__init__()
+        self.latent_dim = g.latent_dim
+        self.main = g.main
+        self.ends = [i for i, m in enumerate(self.main) if isinstance(m, torch.nn.ReLU)]
+        self.rgb = torch.nn.ModuleList(
+            torch.nn.Conv2d(self.main[i - 1].num_features, 3, 1, bias=False) for i in self.ends
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z.view(z.shape[0], -1, 1, 1)
+        rgbs = []
+        for i, layer in enumerate(self.main[:-1]):  # all but the tanh
+            x = layer(x)
+            if i in self.ends:
+                rgbs.append(self.rgb[self.ends.index(i)](x))
+        size = x.shape[-2:]
+        for r in rgbs:
+            x = x + torch.nn.functional.interpolate(r, size=size, mode="bilinear", align_corners=False)
+        return torch.tanh(x)
+
+
+def replace_g(t: Trainer, g: torch.nn.Module, added: torch.nn.Module) -> None:
+    """G becomes `g` (built around the Trainer's G), its `added` modules initialised as G's are;
+    new EMA copy and G optimizer."""
     import copy
 
     from pipeline.model import init_weights
     from pipeline.trainer import _make_adam
 
-    g = SLEGenerator(t.g)
-    g.excite.apply(init_weights)
+    added.apply(init_weights)
     t.g = g.to(memory_format=t.fmt)
     t.g_ema = copy.deepcopy(t.g).eval().requires_grad_(False)
     t.opt_g = _make_adam(t.g.parameters(), t.p, t.device)
@@ -258,7 +286,11 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     if extra.get("mbstd"):
         add_mbstd(t)
     if extra.get("sle"):
-        add_sle(t)
+        g = SLEGenerator(t.g)
+        replace_g(t, g, g.excite)
+    if extra.get("skip"):
+        g = SkipGenerator(t.g)
+        replace_g(t, g, g.rgb)
     if extra.get("mirror"):
         add_mirror(t)
     t.lecam = extra.get("lecam", 0.0)

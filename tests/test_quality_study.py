@@ -102,6 +102,16 @@ def _tiny(study, **overrides):
     return dataclasses.replace(base, resolution=32, channels=8, batch_size=8, precision="fp32", **overrides)
 
 
+def _trains(t, weight, opt):
+    """`weight` is in `opt` and one step of the Trainer changes it."""
+    import torch
+
+    assert any(q is weight for g in opt.param_groups for q in g["params"])
+    before = weight.detach().clone()
+    t.step()
+    return not torch.equal(before, weight)
+
+
 def test_mirror_flips_about_half_of_the_real_images_and_nothing_else():
     study = _study()
     import torch
@@ -132,10 +142,7 @@ def test_minibatch_std_adds_one_feature_map_and_d_still_trains():
     t = study.build(_tiny(study), {"mbstd": True}, study.tiny_data(n=8))
     last = list(t.d.main)[-1]
     assert last.in_channels == 8 * 2 * 2 + 1  # D's last conv reads the extra map
-    assert any(q is last.weight for g in t.opt_d.param_groups for q in g["params"])
-    before = last.weight.detach().clone()
-    t.step()
-    assert not torch.equal(before, last.weight) and t.d(t._next_real()).shape == (8,)
+    assert _trains(t, last.weight, t.opt_d) and t.d(t._next_real()).shape == (8,)
 
 
 def test_truncation_sweep_reports_each_value_and_writes_its_grid(tmp_path, capsys):
@@ -164,14 +171,26 @@ def test_skip_layer_excitation_gates_the_fine_blocks_and_trains():
     t = study.build(_tiny(study, upsample="nearest"), {"sle": True}, study.tiny_data(n=8))
     assert isinstance(t.g, study.SLEGenerator) and isinstance(t.g_ema, study.SLEGenerator)
     assert t.g.pairs == [(2, 10)]  # 32 px: the 4x4 block gates the 16x16 one
-    gate = t.g.excite[0][1].weight
-    assert any(q is gate for g in t.opt_g.param_groups for q in g["params"])
-    before = gate.detach().clone()
-    t.step()
-    assert not torch.equal(before, gate), "the excitation's weights train"
+    assert _trains(t, t.g.excite[0][1].weight, t.opt_g), "the excitation's weights train"
     # Closing the gates (a very negative last conv) zeroes the gated block: the gate is in the path.
     with torch.no_grad():
         out_open = t.g(t.fixed_z[:8])
         t.g.excite[0][3].weight.fill_(-50.0)
         assert not torch.allclose(out_open, t.g(t.fixed_z[:8]))
+    assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
+
+
+def test_skip_generator_sums_an_rgb_output_per_block_and_trains():
+    study = _study()
+    import torch
+
+    t = study.build(_tiny(study, upsample="nearest"), {"skip": True}, study.tiny_data(n=8))
+    assert isinstance(t.g, study.SkipGenerator) and isinstance(t.g_ema, study.SkipGenerator)
+    assert [r.in_channels for r in t.g.rgb] == [32, 16, 8]  # 32 px: blocks at 4, 8 and 16 px
+    assert _trains(t, t.g.rgb[0].weight, t.opt_g), "the RGB outputs train"
+    with torch.no_grad():
+        out = t.g(t.fixed_z[:8])
+        assert out.abs().max() <= 1
+        t.g.rgb[0].weight.add_(1.0)  # the 4x4 block's picture reaches the output
+        assert not torch.allclose(out, t.g(t.fixed_z[:8]))
     assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
