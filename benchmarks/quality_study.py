@@ -515,7 +515,8 @@ def _label(grid: Path) -> str:
 
 
 def truncation_sweep(
-    model: Path,
+    g: torch.nn.Module,
+    latent_dim: int,
     data: torch.Tensor,
     out: Path,
     values: list[float | None],
@@ -526,22 +527,21 @@ def truncation_sweep(
     (components beyond ±T redrawn; None = untruncated), as the evaluate stage measures it, and a
     grid per value (seed 42's latents, as samples/grid.png), beside `real.png`: 64 training
     images at the same size and layout, to judge the grids against. Markdown table."""
-    from pipeline.sample import forward, load
+    from pipeline.sample import forward
 
-    g, config = load(model)
     real, swd_kw = data, swd_kw or {}
     pick = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(GRID_SEED))[:64]
     to_image(to_unit(real[pick]), nrow=8).save(out / "real.png")
     a, b = split_halves(real, EVAL_SEED)
     floor = multiscale_swd(a, b, seed=EVAL_SEED, **swd_kw)["swd_avg"]
     lines = [
-        f"truncation sweep: {model}, floor SWD {floor:.2f}",
+        f"truncation sweep: floor SWD {floor:.2f}",
         "",
         "| truncation | SWD | SWD/floor | SWD 64 / 32 / 16 px | NN RMS |",
         "| --- | --- | --- | --- | --- |",
     ]
     for t in values:
-        z = latents(n, config["latent_dim"], torch.Generator().manual_seed(EVAL_SEED), t)
+        z = latents(n, latent_dim, torch.Generator().manual_seed(EVAL_SEED), t)
         fake = to_uint8(forward(g, z))
         swd = multiscale_swd(fake, real, seed=EVAL_SEED, **swd_kw)
         _, dist = nearest_neighbours(fake[:64], real)
@@ -550,7 +550,7 @@ def truncation_sweep(
             f"| {t or 'none'} | {swd['swd_avg']:.2f} | {swd['swd_avg'] / floor:.3f} | {levels} "
             f"| {float(dist.median()):.1f} |"
         )
-        grid_z = latents(64, config["latent_dim"], torch.Generator().manual_seed(GRID_SEED), t)
+        grid_z = latents(64, latent_dim, torch.Generator().manual_seed(GRID_SEED), t)
         to_image(forward(g, grid_z), nrow=8).save(out / f"truncation_{t or 'none'}.png")
     return "\n".join(lines)
 
@@ -607,9 +607,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.truncation:
+        from pipeline.errors import PipelineError
+        from pipeline.sample import load
+
+        try:
+            g, config = load(args.truncation)
+            data = load_dataset(args.data, config["resolution"])
+        except PipelineError as e:
+            ap.error(str(e))
         args.out.mkdir(parents=True, exist_ok=True)
-        data = load_dataset(args.data, torch.load(args.truncation, weights_only=True)["config"]["resolution"])
-        print(truncation_sweep(args.truncation, data, args.out, [None, 2.0, 1.5, 1.0, 0.5]))
+        print(f"{args.truncation}:", flush=True)
+        print(truncation_sweep(g, config["latent_dim"], data, args.out, [None, 2.0, 1.5, 1.0, 0.5]))
         return 0
     if "_" in args.round:
         ap.error(f"--round {args.round!r}: no underscores (grid files are <round>_<config>_s<seed>.png)")

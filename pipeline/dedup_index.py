@@ -404,19 +404,10 @@ def _overlap(d: int) -> slice:
 _DY, _DX = np.array(DISPLACEMENTS).T
 _N = ((THUMB - np.abs(_DY)) * (THUMB - np.abs(_DX))).astype(np.float64)  # overlap sizes
 _MIRROR = len(DISPLACEMENTS) - 1 - np.arange(len(DISPLACEMENTS))  # the index of -d
-# Displacements in the order ties go: no shift first, then the smallest. Swapping a and b turns
-# every d into -d, and the key is the same for both, so b ~ a breaks a tie as a ~ b did (only a
-# tie of d with -d itself, a mirror-symmetric pair, is left to the index).
-_TIE_ORDER = np.array(
-    sorted(
-        range(len(DISPLACEMENTS)),
-        key=lambda k: (
-            abs(DISPLACEMENTS[k][0]) + abs(DISPLACEMENTS[k][1]),
-            abs(DISPLACEMENTS[k][0]),
-            DISPLACEMENTS[k][0] * DISPLACEMENTS[k][1],
-        ),
-    )
-)
+# Displacements in the order ties go: no shift first, then the smallest (|dy| + |dx|, |dy|,
+# dy * dx; stable). Swapping a and b turns every d into -d, and the key is the same for both,
+# so b ~ a breaks a tie as a ~ b did (only a tie of d with -d itself is left to the index).
+_TIE_ORDER = np.lexsort((_DY * _DX, np.abs(_DY), np.abs(_DY) + np.abs(_DX)))  # last key first
 
 
 def _smooth(f: np.ndarray) -> np.ndarray:

@@ -149,19 +149,25 @@ def test_truncation_sweep_reports_each_value_and_writes_its_grid(tmp_path, capsy
     study = _study()
     import torch
 
-    from pipeline.model import Generator, generator_config
+    from pipeline.model import Generator
 
     torch.manual_seed(0)
-    g = Generator(32, 16, 4, upsample="nearest")
-    model = tmp_path / "generator.pt"
-    torch.save({"config": generator_config(32, 16, 4, 512, "nearest"), "state_dict": g.state_dict()}, model)
-    data = study.tiny_data(n=8)
-    table = study.truncation_sweep(model, data, tmp_path, [None, 1.0], n=16, swd_kw=TINY_SWD)
-    rows = [line for line in table.splitlines() if line.startswith("| none") or line.startswith("| 1.0")]
-    assert len(rows) == 2
-    assert (tmp_path / "truncation_none.png").stat().st_size > 0
-    assert (tmp_path / "truncation_1.0.png").stat().st_size > 0
+    g = Generator(32, 16, 4, upsample="nearest").eval()
+    table = study.truncation_sweep(g, 16, study.tiny_data(n=8), tmp_path, [None, 0.5], n=16, swd_kw=TINY_SWD)
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"| none", "| 0.5"}
+    assert rows["| none"].split(" | ")[1:] != rows["| 0.5"].split(" | ")[1:], "T changes the latents"
+    grids = [(tmp_path / f"truncation_{t}.png").read_bytes() for t in ("none", "0.5")]
+    assert grids[0] != grids[1]
     assert (tmp_path / "real.png").stat().st_size > 0
+
+
+def test_truncation_of_a_missing_model_is_one_clear_error(tmp_path, capsys):
+    study = _study()
+    with pytest.raises(SystemExit):
+        study.main(["--truncation", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "nope.pt: not found; train first" in err
 
 
 def test_skip_layer_excitation_gates_the_fine_blocks_and_trains():
