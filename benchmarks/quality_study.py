@@ -30,9 +30,9 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`) are set by this script after the Trainer is built:
-screening only, they are not training params unless the study shows they help
-(`d_channels` was one, and became a param, as pytorch/examples' `ndf`).
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`) are set by this script after the
+Trainer is built: screening only, they are not training params unless the study shows they help
+(`d_channels` was one, and became a param, as pytorch/examples' `ndf`; `lr_g` became `g_lr_ratio`).
 `d_half` runs were recorded before that and built the narrower D after G with
 another seed (seed + 777); `d16` is the same config through the Trainer. Results and verdicts:
 README, "Quality study".
@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,10 +65,16 @@ from pipeline.tensors import load_dataset, to_image, to_uint8, to_unit
 from pipeline.trainer import Trainer
 
 # The defaults this study started from. params.yaml has since moved on (to translation-only
-# DiffAugment, bf16 on CPUs that have it and a higher kimg: `aug_t_bf16` at the budget), so every
+# DiffAugment, bf16 on CPUs that have it and a higher kimg: `aug_t_bf16` at the budget; then G's
+# learning rate 3x D's: `new_glr6`), so every
 # config, "defaults" included, is params.yaml's train section, then these, then its own overrides;
 # rows recorded before and after the change stay comparable. `kimg` only sizes the budget unit.
-STUDY_BASE: dict[str, Any] = {"diffaugment": "color,translation", "precision": "fp32", "kimg": 45}
+STUDY_BASE: dict[str, Any] = {
+    "diffaugment": "color,translation",
+    "precision": "fp32",
+    "kimg": 45,
+    "g_lr_ratio": 1.0,
+}
 
 # name -> overrides of STUDY_BASE. "defaults" is the baseline every ratio is against.
 # D is as wide as G (params.yaml's `d_channels: 0`) unless a config sets it.
@@ -124,8 +131,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "mbstd": True,
         "sle": True,
     },
+    # round 6: learning rates on the new defaults (lr_x2 drew the clearest figures on the old ones)
+    "new_lr3": {"diffaugment": "translation", "precision": "bf16", "lr": 0.0003},
+    "new_glr": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0004},
+    "new_glr6": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
+    "new_glr8": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0008},
+    "new_dlow": {"diffaugment": "translation", "precision": "bf16", "lr_d": 0.0001},  # G 2x D, lower
+    # relativistic losses, at the cost of the standard one
+    "new_ragan": {"diffaugment": "translation", "precision": "bf16", "rel": "avg"},
+    "new_rpgan": {"diffaugment": "translation", "precision": "bf16", "rel": "pair"},
 }
-STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip")
+STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel")
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
@@ -152,6 +168,37 @@ class LeCamTrainer(Trainer):
             self.ema_real - out_fake
         ).relu().square().mean()
         return base + self.lecam * reg
+
+
+class RelativisticTrainer(Trainer):
+    """Relativistic losses (Jolicoeur-Martineau 2018): D judges whether a real image looks more
+    real than a fake one, and G's loss pushes its images above the real ones. `avg` is RaSGAN (each
+    output against the other batch's mean), which drew clearer DCGAN samples than the standard loss
+    on a few thousand 64 px cats; `pair` is RpGAN (real i against fake i), R3GAN's choice (2024).
+
+    G's loss needs D on real images: it reuses the D step's outputs, detached, from D before its
+    update, so a step costs what a standard one does."""
+
+    rel = "avg"
+    _real: torch.Tensor | None = None
+
+    def _margins(self, out_real: torch.Tensor, out_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rel == "pair":
+            return out_real - out_fake, out_fake - out_real
+        return out_real - out_fake.mean(), out_fake - out_real.mean()
+
+    def d_loss(self, out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+        self._real = out_real.detach()
+        real_vs_fake, fake_vs_real = self._margins(out_real, out_fake)
+        if self.rel == "pair":
+            return F.softplus(-real_vs_fake).mean()
+        return F.softplus(-real_vs_fake).mean() + F.softplus(fake_vs_real).mean()
+
+    def g_loss(self, out_fake: torch.Tensor) -> torch.Tensor:
+        real_vs_fake, fake_vs_real = self._margins(self._real, out_fake)
+        if self.rel == "pair":
+            return F.softplus(-fake_vs_real).mean()
+        return F.softplus(-fake_vs_real).mean() + F.softplus(real_vs_fake).mean()
 
 
 def study_base(params_path: str | Path) -> TrainParams:
@@ -182,7 +229,7 @@ def add_mbstd(t: Trainer) -> None:
     conv = torch.nn.Conv2d(last.in_channels + 1, 1, 4, 1, 0, bias=False)
     init_weights(conv)
     t.d.main = torch.nn.Sequential(*layers[:-1], MinibatchStd(), conv).to(memory_format=t.fmt)
-    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device)
+    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
     t.d_fwd = t.d
 
 
@@ -263,7 +310,7 @@ def replace_g(t: Trainer, g: torch.nn.Module, added: torch.nn.Module) -> None:
     added.apply(init_weights)
     t.g = g.to(memory_format=t.fmt)
     t.g_ema = copy.deepcopy(t.g).eval().requires_grad_(False)
-    t.opt_g = _make_adam(t.g.parameters(), t.p, t.device)
+    t.opt_g = _make_adam(t.g.parameters(), t.p, t.device, t.opt_g.param_groups[0]["lr"])
     t.g_fwd = t.g
 
 
@@ -282,7 +329,9 @@ def add_mirror(t: Trainer) -> None:
 
 def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
-    t = (LeCamTrainer if "lecam" in extra else Trainer)(p, data, torch.device("cpu"))
+    cls = LeCamTrainer if "lecam" in extra else RelativisticTrainer if "rel" in extra else Trainer
+    t = cls(p, data, torch.device("cpu"))
+    t.rel = extra.get("rel", "")
     if extra.get("mbstd"):
         add_mbstd(t)
     if extra.get("sle"):

@@ -266,6 +266,7 @@ class TrainParams:
     ema_kimg: float
     batch_size: int
     lr: float
+    g_lr_ratio: float
     beta1: float
     beta2: float
     kimg: float
@@ -317,6 +318,11 @@ class TrainParams:
         # BatchNorm in training mode needs at least two images per batch.
         _check(self.batch_size >= 2, "train.batch_size", f"must be at least 2, got {self.batch_size}")
         _check(0 < self.lr < 1, "train.lr", f"must be between 0 and 1, got {self.lr}")
+        _check(
+            0 < self.g_lr_ratio <= 100,
+            "train.g_lr_ratio",
+            f"must be above 0 and at most 100 (G's learning rate is train.lr x this), got {self.g_lr_ratio}",
+        )
         _check(0 <= self.beta1 < 1, "train.beta1", "must be in [0, 1)")
         _check(0 <= self.beta2 < 1, "train.beta2", "must be in [0, 1)")
         _check(self.kimg > 0, "train.kimg", f"must be positive, got {self.kimg}")

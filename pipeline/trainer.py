@@ -56,8 +56,8 @@ def auto_precision(device: torch.device) -> str:
     return "fp32"
 
 
-def _make_adam(params, p: TrainParams, device: torch.device) -> torch.optim.Adam:
-    kwargs: dict[str, Any] = {"lr": p.lr, "betas": (p.beta1, p.beta2)}
+def _make_adam(params, p: TrainParams, device: torch.device, lr: float) -> torch.optim.Adam:
+    kwargs: dict[str, Any] = {"lr": lr, "betas": (p.beta1, p.beta2)}
     if device.type in ("cuda", "cpu"):
         try:  # one kernel for all parameters; CPU support arrived in torch 2.4
             return torch.optim.Adam(params, fused=True, **kwargs)
@@ -99,8 +99,8 @@ class Trainer:
         self.g.to(device, memory_format=self.fmt)
         self.d.to(device, memory_format=self.fmt)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        self.opt_g = _make_adam(self.g.parameters(), p, device)
-        self.opt_d = _make_adam(self.d.parameters(), p, device)
+        self.opt_g = _make_adam(self.g.parameters(), p, device, p.lr * p.g_lr_ratio)
+        self.opt_d = _make_adam(self.d.parameters(), p, device, p.lr)
         self.g_fwd, self.d_fwd = self.g, self.d
         if p.compile:
             self.g_fwd, self.d_fwd = torch.compile(self.g), torch.compile(self.d)

@@ -72,18 +72,26 @@ def test_study_only_overrides_reach_the_optimisers():
     assert 0 < t.opt_d.param_groups[0]["lr"] < 3e-4 and t.opt_d.param_groups[0]["base_lr"] == 3e-4
 
 
-def test_configs_are_overrides_of_the_study_base_and_aug_t_bf16_is_params_yaml():
+def test_configs_are_overrides_of_the_study_base_and_new_glr6_is_params_yaml():
     study = _study()
     yaml_train = study.load_params(ROOT / "params.yaml").train
     base = study.study_base(ROOT / "params.yaml")
     defaults, extra = study.config_params("defaults", 0, base)
     assert not extra and defaults.d_width == defaults.channels
     assert (defaults.diffaugment, defaults.precision, defaults.kimg) == ("color,translation", "fp32", 45)
+    assert defaults.g_lr_ratio == 1.0  # rows recorded before g_lr_ratio existed stay comparable
     # The study's winner is what params.yaml holds now, but for precision (auto is bf16 on the
-    # study's CPU) and kimg (a budget run stops on CPU time, not on kimg).
-    new, _ = study.config_params("aug_t_bf16", yaml_train.seed, base)
+    # study's CPU) and kimg (a budget run stops on CPU time, not on kimg). It screened G's learning
+    # rate as a study knob (lr_g = 3 x lr), which params.yaml now sets as g_lr_ratio.
+    new, extra = study.config_params("new_glr6", yaml_train.seed, base)
     local = {"threads": yaml_train.threads, "device": yaml_train.device, "eval_kimg": yaml_train.eval_kimg}
-    assert dataclasses.replace(new, precision="auto", kimg=yaml_train.kimg, **local) == yaml_train
+    same = dict(precision="auto", kimg=yaml_train.kimg, g_lr_ratio=yaml_train.g_lr_ratio, **local)
+    assert dataclasses.replace(new, **same) == yaml_train
+    data = study.tiny_data(n=4)
+    studied = study.build(dataclasses.replace(new, resolution=32), extra, data)
+    yaml_trainer = study.Trainer(dataclasses.replace(yaml_train, resolution=32), data, studied.device)
+    for a, b in ((studied.opt_g, yaml_trainer.opt_g), (studied.opt_d, yaml_trainer.opt_d)):
+        assert a.param_groups[0]["lr"] == pytest.approx(b.param_groups[0]["lr"])
     ch24, _ = study.config_params("ch24", 0, base)
     assert ch24.channels == ch24.d_width == 24
     d16, _ = study.config_params("d16", 0, base)
@@ -200,3 +208,26 @@ def test_skip_generator_sums_an_rgb_output_per_block_and_trains():
         t.g.rgb[0].weight.add_(1.0)  # the 4x4 block's picture reaches the output
         assert not torch.allclose(out, t.g(t.fixed_z[:8]))
     assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
+
+
+def test_relativistic_losses_match_their_definitions_and_g_reuses_ds_real_outputs():
+    study = _study()
+    import torch
+    import torch.nn.functional as F
+
+    r, f = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.0, 1.0, -3.0])
+    bce = F.binary_cross_entropy_with_logits
+    one, zero = torch.ones(3), torch.zeros(3)
+    t = study.build(_tiny(study), {"rel": "avg"}, study.tiny_data(n=8))
+    assert isinstance(t, study.RelativisticTrainer) and t.rel == "avg"
+    # RaSGAN as Jolicoeur-Martineau (2018) writes it, with sigmoid cross-entropies
+    want_d = bce(r - f.mean(), one) + bce(f - r.mean(), zero)
+    want_g = bce(f - r.mean(), one) + bce(r - f.mean(), zero)
+    assert torch.allclose(t.d_loss(r, f), want_d) and torch.allclose(t.g_loss(f), want_g)
+    # G's loss takes D's real outputs from the D step; a new fake batch alone changes it
+    assert not torch.allclose(t.g_loss(f + 1), want_g)
+    t.rel = "pair"  # RpGAN: pair i against pair i
+    assert torch.allclose(t.d_loss(r, f), bce(r - f, one))
+    assert torch.allclose(t.g_loss(f), bce(f - r, one))
+    t = study.build(_tiny(study), {"rel": "pair"}, study.tiny_data(n=8))
+    assert _trains(t, next(t.g.parameters()), t.opt_g)

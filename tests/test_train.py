@@ -157,6 +157,13 @@ def test_a_few_steps_of_each_loss_and_option(option, monkeypatch):
     assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
 
 
+def test_g_lr_ratio_sets_gs_learning_rate_and_leaves_ds_at_lr():
+    p = params_from_dict(tiny(lr=3e-4, g_lr_ratio=2.5)).train
+    t = train.Trainer(p, torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.device("cpu"))
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(7.5e-4)
+    assert t.opt_d.param_groups[0]["lr"] == pytest.approx(3e-4)
+
+
 @pytest.mark.parametrize(
     ("avx512_bf16", "amx", "want"),
     [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16"), ("raise", "raise", "fp32")],
@@ -400,6 +407,9 @@ def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
         ({"precision": "fp16"}, "train.precision: must be one of auto, fp32, bf16"),
         ({"compile": True, "r1_gamma": 1.0}, "train.compile: cannot be combined with train.r1_gamma"),
         ({"resume": "yes"}, "train.resume: must be true or false"),
+        ({"g_lr_ratio": 0}, "train.g_lr_ratio: must be above 0 and at most 100"),
+        ({"g_lr_ratio": 1000}, "train.g_lr_ratio: must be above 0 and at most 100 (G's learning rate"),
+        ({"g_lr_ratio": float("nan")}, "train.g_lr_ratio: must be a finite number, got nan"),
     ],
 )
 def test_bad_train_params_fail_at_load_with_one_line(train_params, needle):
