@@ -136,6 +136,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "new_glr": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0004},
     "new_glr6": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
     "new_glr8": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0008},
+    # a noisier G may want a longer EMA: the same training runs as new_glr6, averaged over 2x as long
+    "new_glr6_ema": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "ema_rampup": 0.1},
     "new_dlow": {"diffaugment": "translation", "precision": "bf16", "lr_d": 0.0001},  # G 2x D, lower
     # relativistic losses, at the cost of the standard one
     "new_ragan": {"diffaugment": "translation", "precision": "bf16", "rel": "avg"},
