@@ -333,7 +333,8 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
     cls = LeCamTrainer if "lecam" in extra else RelativisticTrainer if "rel" in extra else Trainer
     t = cls(p, data, torch.device("cpu"))
-    t.rel = extra.get("rel", "")
+    if "rel" in extra:
+        t.rel = extra["rel"]
     if extra.get("mbstd"):
         add_mbstd(t)
     if extra.get("sle"):

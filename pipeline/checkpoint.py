@@ -41,6 +41,9 @@ RESUME_FREE = {
     "compile",
     "precision",
 }
+# Params added after checkpoints were first written, with the value that computes what the
+# trainer did before they existed: an older checkpoint resumes under that value, not under others.
+ADDED_LATER = {"d_channels": 0, "g_lr_ratio": 1.0}
 
 
 def fingerprint(data: torch.Tensor) -> str:
@@ -132,7 +135,7 @@ def load_checkpoint(p: TrainParams, data_id: str) -> dict | None:
         raise PipelineError(
             f"{CHECKPOINT}: cannot be read ({exc.__class__.__name__}); set train.resume: false to start fresh"
         ) from None
-    want, have = resume_key(p, data_id), state.get("resume_key", {})
+    want, have = resume_key(p, data_id), ADDED_LATER | state.get("resume_key", {})
     changed = sorted(k for k in want if want[k] != have.get(k))
     if changed:
         what = ", ".join("training images" if k == "data" else f"train.{k}" for k in changed)

@@ -277,6 +277,24 @@ def test_resume_only_with_matching_params_and_data(in_tmp, caplog):
     assert "for other settings (training images); starting fresh" in caplog.text
 
 
+def test_a_checkpoint_from_before_g_lr_ratio_resumes_only_at_ratio_1(in_tmp, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    make_processed()
+    train.run(params_from_dict(tiny(g_lr_ratio=1.0)))
+    state = checkpoint()
+    del state["resume_key"]["g_lr_ratio"]  # as written before the param existed: G learnt at lr
+    torch.save(state, paths.CHECKPOINT)
+
+    caplog.clear()
+    train.run(params_from_dict(tiny(kimg=0.16, g_lr_ratio=3.0)))
+    assert "for other settings (train.g_lr_ratio); starting fresh" in caplog.text
+
+    torch.save(state, paths.CHECKPOINT)
+    caplog.clear()
+    train.run(params_from_dict(tiny(kimg=0.16, g_lr_ratio=1.0)))
+    assert "resuming from models/checkpoint.pt at step 10" in caplog.text
+
+
 def test_a_finished_checkpoint_is_not_resumed(in_tmp, caplog):
     caplog.set_level(logging.INFO, logger="pipeline.train")
     make_processed()
