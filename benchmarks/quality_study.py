@@ -30,7 +30,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`) are set by this script after the
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`) are set by this script after the
 Trainer is built: screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`; `lr_g` became `g_lr_ratio`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -136,6 +136,34 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "new_glr": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0004},
     "new_glr6": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
     "new_glr8": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0008},
+    # round 7: does the trend go on past 4x?
+    "new_glr10": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.001},
+    # StyleGAN3's blur-in: D sees both real and fake images blurred, sigma fading to 0, so G
+    # settles the layout (a figure in every cell) before D judges the pixels
+    "new_blur": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "blur": (2.0, 20)},
+    # G's last layer only upsamples 32x32 features and mixes them to RGB, so 1-px detail at 64 px
+    # (eyes, moustache) has no features of its own: a 16-wide 3x3 conv block at full size first
+    "new_gtop": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "g_top": 16},
+    # ADA (Karras et al. 2020) on top of translation: colour jitter and cutout, which hurt when always
+    # on, applied to each image with a probability p that rises while D is sure of the real images
+    # (mean sign of its logits above 0.6) and falls otherwise, by up to 1 per 20 kimg
+    "new_ada": {
+        "diffaugment": "translation",
+        "precision": "bf16",
+        "lr_g": 0.0006,
+        "ada": ("color,cutout", 0.6, 20),
+    },
+    # a smaller latent for 294 images
+    "new_z32": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "latent_dim": 32},
+    # D without BatchNorm (judging each image on its own, not against its batch), kept in check by
+    # R1 instead, as StyleGAN's and R3GAN's D are; gamma near StyleGAN2-ADA's heuristic for 64 px
+    "new_nobn": {
+        "diffaugment": "translation",
+        "precision": "bf16",
+        "lr_g": 0.0006,
+        "d_bn": False,
+        "r1_gamma": 0.05,
+    },
     # a noisier G may want a longer EMA: the same training runs as new_glr6, averaged over 2x as long
     "new_glr6_ema": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "ema_rampup": 0.1},
     "new_dlow": {"diffaugment": "translation", "precision": "bf16", "lr_d": 0.0001},  # G 2x D, lower
@@ -143,9 +171,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "new_ragan": {"diffaugment": "translation", "precision": "bf16", "rel": "avg"},
     "new_rpgan": {"diffaugment": "translation", "precision": "bf16", "rel": "pair"},
 }
-STUDY_ONLY = ("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel")
+STUDY_ONLY = (
+    *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
+    *("blur", "d_bn", "g_top", "ada"),  # round 7
+)
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
+TINY_CONFIGS += ["new_blur"]
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 FULL = "full"  # --round full (table and --plot only): all runs at the whole budget, across rounds
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
@@ -329,6 +361,92 @@ def add_mirror(t: Trainer) -> None:
     t._next_real = mirrored
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a batch, reflect-padded to 3 sigma; a no-op below 1/3 px."""
+    r = min(int(sigma * 3), x.shape[-1] - 1)
+    if r < 1:
+        return x
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def add_blur(t: Trainer, sigma: float, fade_kimg: float) -> None:
+    """Everything D sees (real and fake, in the D and the G step) blurred after augmentation, by a
+    sigma (px) that falls linearly to 0 over the first `fade_kimg` (StyleGAN3's blur_init_sigma)."""
+    augment = t._augment
+
+    def blurred(x: torch.Tensor) -> torch.Tensor:
+        s = sigma * max(0.0, 1.0 - t.nimg / (fade_kimg * 1000))
+        return gaussian_blur(augment(x), s).contiguous(memory_format=t.fmt)
+
+    t._augment = blurred
+
+
+def add_ada(t: Trainer, policy: str, target: float, speed_kimg: float, interval: int = 4) -> None:
+    """Adaptive augmentation: after DiffAugment's own policy, each op of `policy` is applied to each
+    image with probability `t.ada["p"]`. Every `interval` D steps p moves by interval x batch /
+    (speed_kimg x 1000) towards more augmentation if D's mean sign on real images (ADA's r_t) is
+    above `target`, towards less if below; p stays in [0, 1]."""
+    from pipeline.diffaugment import _OPS, parse_policy
+
+    ops = [_OPS[name] for name in parse_policy(policy)]
+    t.ada = {"p": 0.0, "signs": [], "p_max": 0.0}
+    augment, d_loss = t._augment, t.d_loss
+
+    def augmented(x: torch.Tensor) -> torch.Tensor:
+        x = augment(x)
+        if t.ada["p"] > 0:
+            for op in ops:
+                pick = torch.rand(x.shape[0], 1, 1, 1, generator=t.gen_dev, device=x.device) < t.ada["p"]
+                x = torch.where(pick, op(x, t.gen_dev), x)
+        return x.contiguous(memory_format=t.fmt)
+
+    def observed(out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+        signs = t.ada["signs"]
+        signs.append(float(out_real.detach().sign().mean()))
+        if len(signs) == interval:
+            step = math.copysign(
+                interval * t.images_per_step / (speed_kimg * 1000), sum(signs) / interval - target
+            )
+            t.ada["p"] = min(1.0, max(0.0, t.ada["p"] + step))
+            t.ada["p_max"] = max(t.ada["p_max"], t.ada["p"])
+            signs.clear()
+        return d_loss(out_real, out_fake)
+
+    t._augment, t.d_loss = augmented, observed
+
+
+def full_size_block(g: torch.nn.Module, width: int) -> torch.nn.Module:
+    """G's last conv (features -> RGB, right after the last 2x upsample) becomes a `width`-wide 3x3
+    conv, BatchNorm, ReLU and a 3x3 conv to RGB, all at full size; returns the new layers."""
+    layers = list(g.main)
+    last = layers[-2]
+    assert isinstance(last, torch.nn.Conv2d) and isinstance(layers[-1], torch.nn.Tanh), "nearest G only"
+    top = torch.nn.Sequential(
+        torch.nn.Conv2d(last.in_channels, width, 3, 1, 1, bias=False),
+        torch.nn.BatchNorm2d(width),
+        torch.nn.ReLU(True),
+        torch.nn.Conv2d(width, 3, 3, 1, 1, bias=False),
+    )
+    g.main = torch.nn.Sequential(*layers[:-2], *top, layers[-1])
+    return top
+
+
+def drop_d_batchnorm(t: Trainer) -> None:
+    """D's BatchNorm layers become identities (their affine weights leave D's optimizer)."""
+    from pipeline.trainer import _make_adam
+
+    t.d.main = torch.nn.Sequential(
+        *(torch.nn.Identity() if isinstance(m, torch.nn.BatchNorm2d) else m for m in t.d.main)
+    )
+    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
+    t.d_fwd = t.d
+
+
 def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
     cls = LeCamTrainer if "lecam" in extra else RelativisticTrainer if "rel" in extra else Trainer
@@ -345,6 +463,15 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
         replace_g(t, g, g.rgb)
     if extra.get("mirror"):
         add_mirror(t)
+    if "blur" in extra:
+        add_blur(t, *extra["blur"])
+    if extra.get("d_bn") is False:
+        drop_d_batchnorm(t)
+    if "ada" in extra:
+        add_ada(t, *extra["ada"])
+    if "g_top" in extra:
+        top = full_size_block(t.g, extra["g_top"])
+        replace_g(t, t.g, top)
     t.lecam = extra.get("lecam", 0.0)
     t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
     t.lr_decay = extra.get("lr_decay", 0.0)
@@ -434,6 +561,8 @@ def run_one(
     metrics = final_eval(t, data, budget["floor"], args.eval_n, args.swd)
     record = {"round": args.round, "config": name, "seed": seed, "fraction": args.fraction}
     record |= {"img_per_cpu_s": res["kimg"] * 1000 / max(res["cpu_s"], 1e-9)} | res | metrics
+    if hasattr(t, "ada"):
+        record |= {"ada_p": t.ada["p"], "ada_p_max": t.ada["p_max"]}
     if defining:
         record["defines_budget"] = True
     return record

@@ -231,3 +231,102 @@ def test_relativistic_losses_match_their_definitions_and_g_reuses_ds_real_output
     assert torch.allclose(t.g_loss(f), bce(f - r, one))
     t = study.build(_tiny(study), {"rel": "pair"}, study.tiny_data(n=8))
     assert _trains(t, next(t.g.parameters()), t.opt_g)
+
+
+def test_blur_in_matches_torchvision_and_fades_to_nothing():
+    study = _study()
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    for sigma in (0.5, 1.0, 2.0):  # torchvision as the reference: its kernel spans 2 * 3 sigma + 1 px
+        ref = TF.gaussian_blur(x, kernel_size=2 * int(sigma * 3) + 1, sigma=sigma)
+        assert torch.allclose(study.gaussian_blur(x, sigma), ref, atol=1e-5)
+    assert torch.equal(study.gaussian_blur(x, 0.3), x)  # under 1/3 px: untouched
+    assert study.gaussian_blur(torch.rand(2, 3, 4, 4), 50.0).shape == (2, 3, 4, 4)  # kernel capped
+
+    data, p = study.tiny_data(n=8), _tiny(study)
+    plain, blurred = study.build(p, {}, data), study.build(p, {"blur": (2.0, 1)}, data)
+    real = plain._next_real()
+    assert torch.equal(blurred._next_real(), real)  # only what D sees changes, not the data
+    state = plain.gen_dev.get_state()
+    aug = plain._augment(real)
+    blurred.gen_dev.set_state(state)  # the same translations
+    seen = blurred._augment(real)
+    assert torch.allclose(seen, study.gaussian_blur(aug, 2.0), atol=1e-6)
+    blurred.nimg = 500  # half-way through the fade: sigma 1
+    blurred.gen_dev.set_state(state)
+    assert torch.allclose(blurred._augment(real), study.gaussian_blur(aug, 1.0), atol=1e-6)
+    blurred.nimg = 1000
+    blurred.gen_dev.set_state(state)
+    assert torch.equal(blurred._augment(real), aug)
+    assert _trains(blurred, blurred.d.main[0].weight, blurred.opt_d)
+
+
+def test_d_without_batchnorm_judges_each_image_alone_and_trains_with_r1():
+    study = _study()
+    import dataclasses
+
+    import torch
+
+    data = study.tiny_data(n=8)
+    p = dataclasses.replace(_tiny(study), r1_gamma=0.05)
+    t = study.build(p, {"d_bn": False}, data)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in t.d.modules())
+    assert {id(q) for g in t.opt_d.param_groups for q in g["params"]} == {id(q) for q in t.d.parameters()}
+    t.d.train()
+    x = t._next_real()
+    alone = t.d(x[:1])
+    assert torch.allclose(t.d(x)[:1], alone, atol=1e-5)  # no batch statistics: the rest do not matter
+    t.step_count = 15  # the next step is a lazy R1 step
+    assert _trains(t, t.d.main[0].weight, t.opt_d)
+
+
+def test_full_size_block_gives_g_features_at_its_own_size_and_trains():
+    study = _study()
+    import torch
+
+    t = study.build(_tiny(study), {"g_top": 8}, study.tiny_data(n=8))
+    convs = [m for m in t.g.main if isinstance(m, torch.nn.Conv2d)]
+    assert (convs[-2].out_channels, convs[-1].in_channels, convs[-1].out_channels) == (8, 8, 3)
+    assert isinstance(t.g.main[-1], torch.nn.Tanh)
+    z = torch.randn(4, t.p.latent_dim)
+    assert t.g(z).shape == (4, 3, t.p.resolution, t.p.resolution)
+    assert any(q is convs[-1].weight for q in t.g_ema.parameters()) is False  # EMA is a copy
+    assert len(list(t.g_ema.parameters())) == len(list(t.g.parameters()))
+    assert _trains(t, convs[-1].weight, t.opt_g)
+
+
+def test_ada_probability_follows_ds_sign_on_real_images_and_gates_the_extra_ops():
+    study = _study()
+    import torch
+
+    data, p = study.tiny_data(n=8), _tiny(study)
+    t = study.build(p, {"ada": ("cutout", 0.6, 0.032)}, data)  # 4 steps x 8 images move p by 1
+    plain = study.build(p, {}, data)
+    sure, unsure = torch.ones(8), torch.tensor([1.0, -1, 1, -1, 1, -1, 1, -1])  # r_t 1 and 0
+    x = t._next_real()
+    state = t.gen_dev.get_state()
+    plain.gen_dev.set_state(state)
+    assert torch.equal(t._augment(x), plain._augment(x))  # p = 0: translation only, same draws
+    for _ in range(3):
+        t.d_loss(sure, -sure)
+    assert t.ada["p"] == 0.0  # moves only every 4 D steps
+    t.d_loss(sure, -sure)
+    assert t.ada["p"] == 1.0  # clamped
+    t.gen_dev.set_state(state)
+    plain.gen_dev.set_state(state)
+    ones = torch.ones_like(x)
+    cut = t._augment(ones) != plain._augment(ones)  # the same translations; p = 1: cutout on every image
+    assert bool(cut.flatten(1).any(1).all())
+    for _ in range(8):
+        t.d_loss(unsure, -sure)
+    assert t.ada["p"] == 0.0 and t.ada["p_max"] == 1.0
+    t.gen_dev.set_state(state)
+    plain.gen_dev.set_state(state)
+    assert torch.equal(t._augment(x), plain._augment(x))
+    slow = study.build(p, {"ada": ("cutout", 0.6, 20)}, data)
+    for _ in range(4):
+        slow.d_loss(sure, -sure)
+    assert abs(slow.ada["p"] - 4 * 8 / 20000) < 1e-12  # ADA's speed: batch x interval / (kimg x 1000)
+    assert _trains(slow, slow.d.main[0].weight, slow.opt_d)
