@@ -30,7 +30,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`) are set by this script after the
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`) are set by this script after the
 Trainer is built: screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`; `lr_g` became `g_lr_ratio`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -153,6 +153,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "lr_g": 0.0006,
         "ada": ("color,cutout", 0.6, 20),
     },
+    # one-sided label smoothing (Salimans et al. 2016): D's target for real images is 0.9, not 1, so
+    # it stops growing surer of them (its mean sigmoid on reals climbs from 0.71 to 0.87 by the end)
+    "new_ls": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "smooth": 0.9},
+    # FastGAN's self-supervised D: a small decoder rebuilds each real image D saw (at half size)
+    # from D's 8x8 features, so D must keep what the image shows, not only what tells it apart
+    "new_recon": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "recon": 1.0},
+    # balanced consistency regularisation (Zhao et al. 2021): D's output on each image, real and
+    # fake, is pulled towards its output on the un-augmented image; lambda 10 as in the paper
+    "new_bcr": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "bcr": 10.0},
     # a smaller latent for 294 images
     "new_z32": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "latent_dim": 32},
     # D without BatchNorm (judging each image on its own, not against its batch), kept in check by
@@ -173,7 +182,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 STUDY_ONLY = (
     *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
-    *("blur", "d_bn", "g_top", "ada"),  # round 7
+    *("blur", "d_bn", "g_top", "ada", "smooth", "recon", "bcr"),  # round 7
 )
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
@@ -386,6 +395,82 @@ def add_blur(t: Trainer, sigma: float, fade_kimg: float) -> None:
     t._augment = blurred
 
 
+def add_recon(t: Trainer, weight: float, widths: tuple[int, int] = (32, 16)) -> None:
+    """FastGAN's reconstruction-regularised D (Liu et al. 2021), with an MSE instead of LPIPS: a
+    decoder (two upsample + 3x3 conv blocks, a part of D, trained with it) turns D's 8x8 features
+    of the real batch back into that batch as D saw it, downsampled to 4x the features' size; its
+    mean squared error, times `weight`, joins D's loss. Fakes and the G step are unchanged."""
+    from pipeline.model import init_weights
+    from pipeline.trainer import _make_adam
+
+    at = next(i for i, m in enumerate(t.d.main) if isinstance(m, torch.nn.LeakyReLU) and _size(t, i) == 8)
+    cin = t.d.main[at - 1].num_features
+    a, b = widths
+    up = lambda i, o: [torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(i, o, 3, 1, 1, bias=False)]  # noqa: E731
+    decoder = torch.nn.Sequential(
+        *up(cin, a), torch.nn.BatchNorm2d(a), torch.nn.LeakyReLU(0.2),
+        *up(a, b), torch.nn.BatchNorm2d(b), torch.nn.LeakyReLU(0.2),
+        torch.nn.Conv2d(b, 3, 3, 1, 1, bias=False), torch.nn.Tanh(),
+    )  # fmt: skip
+    decoder.apply(init_weights)
+    t.d.decoder = decoder.to(memory_format=t.fmt)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    inputs: list[torch.Tensor] = []
+    t.d.main[0].register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
+    t.d.main[at].register_forward_hook(lambda _m, _a, out: seen.append((inputs[-1], out)))
+    d_loss = t.d_loss
+
+    def with_recon(out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+        image, features = seen[-2]  # this D step's real batch; the last call was its fakes
+        seen.clear()
+        inputs.clear()
+        rebuilt = t.d.decoder(features).float()
+        target = F.adaptive_avg_pool2d(image.float(), rebuilt.shape[-1])
+        t.recon_mse = F.mse_loss(rebuilt, target).detach()
+        return d_loss(out_real, out_fake) + weight * F.mse_loss(rebuilt, target)
+
+    t.d_loss = with_recon
+    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
+    t.d_fwd = t.d
+
+
+def add_bcr(t: Trainer, weight: float) -> None:
+    """bCR: D's loss gains weight x (mean squared difference between D on the augmented and the
+    plain real batch, and the same for the fake batch). Costs two more D passes per D step."""
+    plain: list[torch.Tensor] = []
+    augment, d_loss = t._augment, t.d_loss
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:
+        plain.append(x)
+        return augment(x)
+
+    def consistent(out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+        real, fake = plain[-2:]  # this D step's two batches, as they were before augmentation
+        plain.clear()
+        reg = F.mse_loss(t.d_fwd(real).float(), out_real) + F.mse_loss(t.d_fwd(fake).float(), out_fake)
+        return d_loss(out_real, out_fake) + weight * reg
+
+    t._augment, t.d_loss = recorded, consistent
+
+
+def _size(t: Trainer, layer: int) -> int:
+    """The spatial size of D's output at `layer` for a full-size image."""
+    x = torch.zeros(1, 3, t.p.resolution, t.p.resolution)
+    with torch.no_grad():
+        was = t.d.training
+        t.d.eval()
+        for m in t.d.main[: layer + 1]:
+            x = m(x)
+        t.d.train(was)
+    return x.shape[-1]
+
+
+def smoothed_d_loss(out_real: torch.Tensor, out_fake: torch.Tensor, target: float) -> torch.Tensor:
+    """The BCE D loss with real images aimed at `target` instead of 1 (fakes still at 0)."""
+    real = F.binary_cross_entropy_with_logits(out_real, torch.full_like(out_real, target))
+    return real + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake))
+
+
 def add_ada(t: Trainer, policy: str, target: float, speed_kimg: float, interval: int = 4) -> None:
     """Adaptive augmentation: after DiffAugment's own policy, each op of `policy` is applied to each
     image with probability `t.ada["p"]`. Every `interval` D steps p moves by interval x batch /
@@ -469,6 +554,12 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
         drop_d_batchnorm(t)
     if "ada" in extra:
         add_ada(t, *extra["ada"])
+    if "recon" in extra:
+        add_recon(t, extra["recon"])
+    if "bcr" in extra:
+        add_bcr(t, extra["bcr"])
+    if "smooth" in extra:
+        t.d_loss = lambda r, f, target=extra["smooth"]: smoothed_d_loss(r, f, target)
     if "g_top" in extra:
         top = full_size_block(t.g, extra["g_top"])
         replace_g(t, t.g, top)

@@ -330,3 +330,67 @@ def test_ada_probability_follows_ds_sign_on_real_images_and_gates_the_extra_ops(
         slow.d_loss(sure, -sure)
     assert abs(slow.ada["p"] - 4 * 8 / 20000) < 1e-12  # ADA's speed: batch x interval / (kimg x 1000)
     assert _trains(slow, slow.d.main[0].weight, slow.opt_d)
+
+
+def test_label_smoothing_aims_d_at_the_target_on_real_images_only():
+    study = _study()
+    import math
+
+    import torch
+
+    from pipeline import loss
+
+    t = study.build(_tiny(study), {"smooth": 0.9}, study.tiny_data(n=8))
+    r, f = torch.tensor([0.3, -1.2]), torch.tensor([0.5, -2.0])
+    # by hand: -(0.9 log s(r) + 0.1 log(1 - s(r))) averaged, plus the unchanged fake term
+    s = torch.sigmoid(r)
+    by_hand = -(0.9 * s.log() + 0.1 * (1 - s).log()).mean() - (1 - torch.sigmoid(f)).log().mean()
+    assert math.isclose(float(t.d_loss(r, f)), float(by_hand), rel_tol=1e-6)
+    assert float(t.d_loss(r, f)) != float(loss.d_loss("bce", r, f))
+    assert float(t.g_loss(f)) == float(loss.g_loss("bce", f))  # G's loss is untouched
+    assert _trains(t, t.d.main[0].weight, t.opt_d)
+
+
+def test_reconstruction_d_rebuilds_the_real_batch_from_8x8_features_and_trains_its_decoder():
+    study = _study()
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline import loss
+
+    t = study.build(_tiny(study), {"recon": 0.5}, study.tiny_data(n=8))
+    decoder = t.d.decoder
+    assert {id(q) for g in t.opt_d.param_groups for q in g["params"]} == {id(q) for q in t.d.parameters()}
+    assert any(q is decoder[1].weight for q in t.d.parameters())
+    real, fake = t._next_real(), torch.rand(8, 3, 32, 32) * 2 - 1
+    out_real, out_fake = t.d(real), t.d(fake)  # as a D step calls it: real, then fake
+    got = t.d_loss(out_real, out_fake)
+    features = t.d.main[:5](real)  # 32 px: conv, lrelu, conv, BN, lrelu -> 8x8
+    assert features.shape[-1] == 8
+    target = F.adaptive_avg_pool2d(real, 4 * 8)  # 4x the features' size: at 32 px, the image itself
+    want = loss.d_loss("bce", out_real, out_fake) + 0.5 * F.mse_loss(decoder(features), target)
+    assert torch.allclose(got, want, atol=1e-5)
+    before = decoder[1].weight.detach().clone()
+    t.step()
+    assert not torch.equal(before, decoder[1].weight) and torch.isfinite(t.recon_mse)
+
+
+def test_bcr_pulls_d_on_augmented_images_towards_d_on_the_plain_ones():
+    study = _study()
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline import loss
+
+    t = study.build(_tiny(study), {"bcr": 10.0}, study.tiny_data(n=8))
+    t.d.eval()  # BatchNorm on running stats, so D of one batch does not depend on the others
+    real, fake = t._next_real(), torch.rand(8, 3, 32, 32) * 2 - 1
+    a_real, a_fake = t._augment(real), t._augment(fake)  # as a D step: real, then fake
+    out_real, out_fake = t.d(a_real), t.d(a_fake)
+    got = t.d_loss(out_real, out_fake)
+    reg = F.mse_loss(t.d(real), out_real) + F.mse_loss(t.d(fake), out_fake)
+    assert float(reg.detach()) > 0  # translation changed what D saw
+    want = loss.d_loss("bce", out_real, out_fake) + 10.0 * reg
+    assert torch.allclose(got, want, atol=1e-5)
+    t.d.train()
+    assert _trains(t, t.d.main[0].weight, t.opt_d)
