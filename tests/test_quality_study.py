@@ -394,3 +394,17 @@ def test_bcr_pulls_d_on_augmented_images_towards_d_on_the_plain_ones():
     assert torch.allclose(got, want, atol=1e-5)
     t.d.train()
     assert _trains(t, t.d.main[0].weight, t.opt_d)
+
+
+def test_closing_ratio_names_the_best_config_with_the_most_seeds_not_a_lucky_single_seed():
+    study = _study()
+
+    def row(config, seed, ratio):
+        run = {"round": "r", "config": config, "seed": seed, "fraction": 1.0, "img_per_cpu_s": 100.0}
+        return run | {"kimg": 45.0, "swd": 29.0 * ratio, "swd_over_floor": ratio, "nn_rms_median": 60.0}
+
+    rows = [row("defaults", s, 1.4) for s in range(3)] + [row("new_glr6", s, 0.9) for s in range(3)]
+    rows += [row("new_blur", 0, 0.8)]  # lower mean, but one seed
+    text = study.table(rows, "r", {"budget_cpu_s": 441.6, "kimg": 45, "floor": 29.0})
+    assert text.splitlines()[4].startswith("| new_blur |")  # the table itself is sorted by mean
+    assert text.splitlines()[-1].startswith(f"ratio: {0.9 / 1.4:.3f} (SWD/floor, new_glr6 / defaults")
