@@ -22,7 +22,8 @@ mean ± sample std over seeds, and writes an 8x8 EMA grid per run into the
 output folder. Results go to `<out>/results.jsonl`, one line per run; runs
 already there are skipped, so an interrupted study continues.
 
-    python benchmarks/quality_study.py --round screen --fraction 0.33 --seeds 0
+    python benchmarks/quality_study.py --round screen --fraction 0.33 --configs all --seeds 0
+    python benchmarks/quality_study.py --round r7   # a round's table: without --configs, trains nothing
     python benchmarks/quality_study.py --round final --seeds 0,1,2 --configs defaults,hinge
     python benchmarks/quality_study.py --plot defaults,lr_x2 --round final  # SWD-vs-minutes PNG, grids
     python benchmarks/quality_study.py --round full  # the table of every whole-budget run, trains nothing
@@ -864,7 +865,11 @@ def main(argv: list[str] | None = None) -> int:
         default="screen",
         help=f"name of this round in the results (default: screen); {FULL}: table only",
     )
-    ap.add_argument("--configs", default="all", help="comma list of config names, or all")
+    ap.add_argument(
+        "--configs",
+        default="",
+        help="comma list of config names, or all; without it, print --round's table and train nothing",
+    )
     ap.add_argument("--seeds", default="0", help="comma list of seeds")
     ap.add_argument(
         "--fraction", type=float, default=1.0, help="budget as a fraction of the defaults' CPU time"
@@ -904,7 +909,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     rows, budget = load_results(results)
-    if args.round == FULL and not args.plot:  # a view of runs already made; nothing is trained
+    if (args.round == FULL or not (args.configs or args.tiny)) and not args.plot:
+        # A view of runs already made; nothing is trained. Training every config takes hours, so it
+        # needs an explicit `--configs all`.
         print(table(rows, FULL, budget))
         return 0
     if args.plot:

@@ -46,6 +46,10 @@ def test_tiny_study_measures_budget_then_screens_and_continues(tmp_path, capsys)
     assert study.main(["--round", "full", "--out", str(out)]) == 0
     assert "round full:" in capsys.readouterr().out
     assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
+    # So is a round without --configs (training every config takes hours: it needs `--configs all`).
+    assert study.main(["--round", "screen", "--out", str(out)]) == 0
+    assert "| new_mirror |" in capsys.readouterr().out
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
     with pytest.raises(SystemExit):
         study.main(["--round", "my_round", "--out", str(out)])  # grid names split on "_"
     pytest.importorskip("matplotlib")
