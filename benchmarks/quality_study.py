@@ -6,7 +6,7 @@ set (data/processed, as `dvc repro resize` leaves it) on ONE CPU thread, for a
 budget of **CPU seconds of this process** (time.process_time), not wall-clock:
 the machine is shared, and CPU time of a 1-thread process is what a config
 costs whatever else runs. The budget is stated as a fraction of the default
-run's: the defaults, seed 0, are trained to `train.kimg` once and their CPU
+run's: the defaults, seed 0, are trained to STUDY_BASE's `kimg` (45) once and their CPU
 time is the unit (`budget_cpu_s` in the results file).
 
 After training, like the evaluate stage: SWD (pipeline/swd.py) of 512 EMA
@@ -947,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = multiscale_swd(a, b, seed=EVAL_SEED, **args.swd)["swd_avg"]
         budget = {"floor": floor, "kimg": base.kimg, "images": data.shape[0]}
     seeds = [int(s) for s in args.seeds.split(",")]
-    if "budget_cpu_s" not in budget:  # the unit, measured once: the defaults, seed 0, to train.kimg
+    if "budget_cpu_s" not in budget:  # the unit, measured once: the defaults, seed 0, to STUDY_BASE's kimg
         print(f"measuring the budget: defaults, seed 0, {base.kimg:g} kimg ...", flush=True)
         unit = argparse.Namespace(**{**vars(args), "round": "final", "fraction": 1.0})
         row = run_one("defaults", 0, base, data, unit, budget)
