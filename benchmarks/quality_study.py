@@ -912,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.round == FULL or not (args.configs or args.tiny)) and not args.plot:
         # A view of runs already made; nothing is trained. Training every config takes hours, so it
         # needs an explicit `--configs all`.
-        print(table(rows, FULL, budget))
+        print(table(rows, args.round, budget))
         return 0
     if args.plot:
         names = args.plot.split(",")
