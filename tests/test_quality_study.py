@@ -245,9 +245,10 @@ def test_blur_in_matches_torchvision_and_fades_to_nothing():
     from torchvision.transforms.v2 import functional as TF
 
     x = torch.rand(3, 3, 16, 16) * 2 - 1
-    for sigma in (0.5, 1.0, 2.0):  # torchvision as the reference: its kernel spans 2 * 3 sigma + 1 px
+    for sigma in (0.5, 1.0, 2.0):  # the kernel spans 3 sigma each side
         ref = TF.gaussian_blur(x, kernel_size=2 * int(sigma * 3) + 1, sigma=sigma)
         assert torch.allclose(study.gaussian_blur(x, sigma), ref, atol=1e-5)
+    assert study.gaussian_blur(x, 2.0).std() < 0.5 * x.std()  # it does smooth
     assert torch.equal(study.gaussian_blur(x, 0.3), x)  # under 1/3 px: untouched
     assert study.gaussian_blur(torch.rand(2, 3, 4, 4), 50.0).shape == (2, 3, 4, 4)  # kernel capped
 
