@@ -180,14 +180,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # relativistic losses, at the cost of the standard one
     "new_ragan": {"diffaugment": "translation", "precision": "bf16", "rel": "avg"},
     "new_rpgan": {"diffaugment": "translation", "precision": "bf16", "rel": "pair"},
+    # round 8: what the issue lists and rounds 1-7 left out. SAGAN's self-attention (Zhang et al. 2019)
+    # after G's and D's blocks at 16x16 (or 32x32): every position sees the whole figure, so cap, face
+    # and overalls can agree with each other, which 3x3 convs only do over several layers
+    "new_attn16": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "attn": 16},
+    "new_attn32": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "attn": 32},
+    "new_attn8": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "attn": 8},
+    # Progressive GAN's pixelwise feature normalisation in G instead of BatchNorm: each image's
+    # features scaled on their own, so G's samples stop depending on the rest of the batch
+    "new_pixnorm": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "g_norm": "pixel"},
 }
 STUDY_ONLY = (
     *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
     *("blur", "d_bn", "g_top", "ada", "smooth", "recon", "bcr"),  # round 7
+    *("attn", "g_norm"),  # round 8
 )
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
-TINY_CONFIGS += ["new_blur"]
+TINY_CONFIGS += ["new_blur", "new_attn16", "new_pixnorm"]
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 FULL = "full"  # --round full (table and --plot only): all runs at the whole budget, across rounds
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
@@ -529,6 +539,81 @@ def drop_d_batchnorm(t: Trainer) -> None:
     t.d_fwd = t.d
 
 
+class SelfAttention(torch.nn.Module):
+    """SAGAN's self-attention block: 1x1 convs make queries and keys (C/8 wide) and values (C/2),
+    every position attends to all the others, a 1x1 conv maps back to C, and the result is added to
+    the input times a learned `gamma` that starts at 0 (so the block starts as the identity)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k, v = max(channels // 8, 1), max(channels // 2, 1)
+        self.q = torch.nn.Conv2d(channels, k, 1, bias=False)
+        self.k = torch.nn.Conv2d(channels, k, 1, bias=False)
+        self.v = torch.nn.Conv2d(channels, v, 1, bias=False)
+        self.out = torch.nn.Conv2d(v, channels, 1, bias=False)
+        self.gamma = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        tokens = lambda conv: conv(x).flatten(2).transpose(1, 2)  # noqa: E731 (b, h*w, width)
+        # SAGAN's softmax(q k^T) has no 1/sqrt(d) scaling: scale=1 keeps its definition
+        o = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v), scale=1.0)
+        o = o.transpose(1, 2).reshape(b, -1, h, w)
+        return x + self.gamma * self.out(o)
+
+
+def _insert_after(net: torch.nn.Module, act: type, size: int, resolution: int, make) -> torch.nn.Module:
+    """`net.main` with `make(width)` inserted after the `act` layer whose output is `size` px wide;
+    returns the inserted module."""
+    x = torch.zeros(
+        2, *((net.latent_dim, 1, 1) if hasattr(net, "latent_dim") else (3, resolution, resolution))
+    )
+    layers = list(net.main)
+    with torch.no_grad():
+        was = net.training
+        net.eval()
+        for i, m in enumerate(layers):
+            x = m(x)
+            if isinstance(m, act) and x.shape[-1] == size:
+                block = make(x.shape[1])
+                net.main = torch.nn.Sequential(*layers[: i + 1], block, *layers[i + 1 :])
+                net.train(was)
+                return block
+    raise ValueError(f"no {act.__name__} with {size}x{size} output")
+
+
+def add_attention(t: Trainer, size: int) -> None:
+    """A SelfAttention block after G's block and after D's block whose features are `size` px wide;
+    new G (with its EMA copy) and D optimizers."""
+    from pipeline.model import init_weights
+    from pipeline.trainer import _make_adam
+
+    res = t.p.resolution
+    g_block = _insert_after(t.g, torch.nn.ReLU, size, res, SelfAttention)
+    d_block = _insert_after(t.d, torch.nn.LeakyReLU, size, res, SelfAttention)
+    d_block.apply(init_weights)
+    t.d = t.d.to(memory_format=t.fmt)
+    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
+    t.d_fwd = t.d
+    replace_g(t, t.g, g_block)
+
+
+class PixelNorm(torch.nn.Module):
+    """Progressive GAN's pixelwise feature vector normalisation: each position's feature vector
+    divided by its root mean square over channels (eps 1e-8)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+def pixel_norm_g(t: Trainer) -> None:
+    """G's BatchNorm layers become PixelNorm (which has no weights); new EMA copy and G optimizer."""
+    t.g.main = torch.nn.Sequential(
+        *(PixelNorm() if isinstance(m, torch.nn.BatchNorm2d) else m for m in t.g.main)
+    )
+    replace_g(t, t.g, torch.nn.Identity())
+
+
 def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
     cls = LeCamTrainer if "lecam" in extra else RelativisticTrainer if "rel" in extra else Trainer
@@ -560,6 +645,10 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     if "g_top" in extra:
         top = full_size_block(t.g, extra["g_top"])
         replace_g(t, t.g, top)
+    if "attn" in extra:
+        add_attention(t, extra["attn"])
+    if extra.get("g_norm") == "pixel":
+        pixel_norm_g(t)
     t.lecam = extra.get("lecam", 0.0)
     t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
     t.lr_decay = extra.get("lr_decay", 0.0)

@@ -415,3 +415,67 @@ def test_closing_ratio_names_the_best_config_with_the_most_seeds_not_a_lucky_sin
     text = study.table(rows, "r", {"budget_cpu_s": 441.6, "kimg": 45, "floor": 29.0})
     assert text.splitlines()[4].startswith("| new_blur |")  # the table itself is sorted by mean
     assert text.splitlines()[-1].startswith(f"ratio: {0.9 / 1.4:.3f} (SWD/floor, new_glr6 / defaults")
+
+
+def test_self_attention_matches_sagans_formula_and_starts_as_the_identity():
+    study = _study()
+    import torch
+
+    torch.manual_seed(0)
+    block = study.SelfAttention(16)
+    x = torch.randn(2, 16, 4, 4)
+    assert torch.equal(block(x), x), "gamma starts at 0: the block is the identity"
+    with torch.no_grad():
+        for conv in (block.q, block.k, block.v, block.out):
+            conv.weight.normal_()
+        block.gamma.fill_(0.5)
+    # SAGAN, written out: per image, s_ij = q_i . k_j over the 16 positions, softmax over j, no scaling
+    q, k, v = (
+        torch.einsum("oc,bchw->bohw", c.weight[:, :, 0, 0], x).flatten(2) for c in (block.q, block.k, block.v)
+    )
+    assert q.shape[1] == 2 and v.shape[1] == 8  # C/8 and C/2
+    attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k), dim=-1)
+    o = torch.einsum("bij,bcj->bci", attn, v).view(2, 8, 4, 4)
+    expected = x + 0.5 * torch.einsum("oc,bchw->bohw", block.out.weight[:, :, 0, 0], o)
+    assert torch.allclose(block(x), expected, atol=1e-4)
+    # every position reaches every other: changing one input pixel changes the far corner
+    y = x.clone()
+    y[:, :, 0, 0] += 5.0
+    assert not torch.allclose(block(y)[:, :, 3, 3], block(x)[:, :, 3, 3])
+
+
+def test_attention_goes_after_g_and_ds_blocks_at_the_asked_size_and_trains():
+    study = _study()
+    import torch
+
+    t = study.build(_tiny(study, upsample="nearest"), {"attn": 8}, study.tiny_data(n=8))
+    for net, width in ((t.g, 16), (t.d, 16)):  # 32 px, channels 8: both nets are 16 wide at 8x8
+        layers = list(net.main)
+        at = [i for i, m in enumerate(layers) if isinstance(m, study.SelfAttention)]
+        assert len(at) == 1 and layers[at[0]].q.in_channels == width
+        assert isinstance(layers[at[0] - 1], (torch.nn.ReLU, torch.nn.LeakyReLU))
+    g_attn = next(m for m in t.g.main if isinstance(m, study.SelfAttention))
+    d_attn = next(m for m in t.d.main if isinstance(m, study.SelfAttention))
+    assert any(isinstance(m, study.SelfAttention) for m in t.g_ema.main), "the EMA copy has it too"
+    assert _trains(t, g_attn.gamma, t.opt_g) and _trains(t, d_attn.gamma, t.opt_d)
+    assert t.sample(t.fixed_z[:4]).shape == (4, 3, 32, 32)
+    with pytest.raises(ValueError, match="3x3"):
+        study.build(_tiny(study), {"attn": 3}, study.tiny_data(n=8))
+
+
+def test_pixel_norm_g_scales_each_position_alone_and_trains():
+    study = _study()
+    import torch
+
+    x = torch.randn(3, 6, 5, 5) * 7
+    y = study.PixelNorm()(x)
+    assert torch.allclose(y.square().mean(dim=1), torch.ones(3, 5, 5), atol=1e-4)
+    assert torch.allclose(y * x.square().mean(dim=1, keepdim=True).sqrt(), x, atol=1e-4)
+    t = study.build(_tiny(study), {"g_norm": "pixel"}, study.tiny_data(n=8))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in t.g.modules())
+    assert sum(isinstance(m, study.PixelNorm) for m in t.g.main) == 3  # one per block at 32 px
+    t.g.train()
+    z = t.fixed_z[:8]
+    assert torch.allclose(t.g(z)[:1], t.g(z[:1]), atol=1e-5), "one image no longer depends on its batch"
+    conv = next(m for m in t.g.main if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+    assert _trains(t, conv.weight, t.opt_g)
