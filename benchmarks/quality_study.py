@@ -31,7 +31,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`) are set by this script after the
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`, `attn`, `g_norm`) are set by this script after the
 Trainer is built: screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`; `lr_g` became `g_lr_ratio`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -189,6 +189,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Progressive GAN's pixelwise feature normalisation in G instead of BatchNorm: each image's
     # features scaled on their own, so G's samples stop depending on the rest of the batch
     "new_pixnorm": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "g_norm": "pixel"},
+    # Adam with beta1 = 0, beta2 = 0.99, as StyleGAN, BigGAN and R3GAN train: worse on the old
+    # defaults (betas_0_99), not tried on the faster G
+    # the defaults again, run beside round 8 (same day, same load): round 8's rows reached 10-20% fewer
+    # kimg than round 6's new_glr6 in the same CPU budget, so they are also compared with this
+    "ctl_glr6": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
+    "new_b0": {
+        "diffaugment": "translation",
+        "precision": "bf16",
+        "lr_g": 0.0006,
+        "beta1": 0.0,
+        "beta2": 0.99,
+    },
 }
 STUDY_ONLY = (
     *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
