@@ -191,8 +191,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "new_pixnorm": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "g_norm": "pixel"},
     # Adam with beta1 = 0, beta2 = 0.99, as StyleGAN, BigGAN and R3GAN train: worse on the old
     # defaults (betas_0_99), not tried on the faster G
-    # the defaults again, run beside round 8 (same day, same load): round 8's rows reached 10-20% fewer
-    # kimg than round 6's new_glr6 in the same CPU budget, so they are also compared with this
+    # the defaults again, run beside round 8 (same day, same load): the machine ran slower per CPU
+    # second that day than in round 6, so round 8's rows are also compared with this
     "ctl_glr6": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
     "new_b0": {
         "diffaugment": "translation",
@@ -552,7 +552,8 @@ def drop_d_batchnorm(t: Trainer) -> None:
 
 
 class SelfAttention(torch.nn.Module):
-    """SAGAN's self-attention block: 1x1 convs make queries and keys (C/8 wide) and values (C/2),
+    """SAGAN's self-attention block: 1x1 convs make queries and keys (C/8 wide) and values (C/2, as
+    SAGAN's released code, where the paper has C/8; without that code's 2x2 max-pool of keys and values),
     every position attends to all the others, a 1x1 conv maps back to C, and the result is added to
     the input times a learned `gamma` that starts at 0 (so the block starts as the identity)."""
 
