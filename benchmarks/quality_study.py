@@ -31,7 +31,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`, `attn`, `g_norm`) are set by this script after the
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`, `attn`, `g_norm`, `topk`) are set by this script after the
 Trainer is built: screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`; `lr_g` became `g_lr_ratio`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -189,6 +189,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Progressive GAN's pixelwise feature normalisation in G instead of BatchNorm: each image's
     # features scaled on their own, so G's samples stop depending on the rest of the batch
     "new_pixnorm": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "g_norm": "pixel"},
+    # top-k training (Sinha et al. 2020): G learns only from its fakes that D scores highest, k
+    # shrinking from the whole batch by 0.99 per epoch to half of it, so the worst samples stop
+    # pulling G towards D's current blind spots; costs nothing
+    "new_topk": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "topk": (0.99, 0.5)},
     # Adam with beta1 = 0, beta2 = 0.99, as StyleGAN, BigGAN and R3GAN train: worse on the old
     # defaults (betas_0_99), not tried on the faster G
     # the defaults again, run beside round 8 (same day, same load): the machine ran slower per CPU
@@ -205,7 +209,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 STUDY_ONLY = (
     *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
     *("blur", "d_bn", "g_top", "ada", "smooth", "recon", "bcr"),  # round 7
-    *("attn", "g_norm"),  # round 8
+    *("attn", "g_norm", "topk"),  # round 8
 )
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
@@ -627,6 +631,24 @@ def pixel_norm_g(t: Trainer) -> None:
     replace_g(t, t.g, torch.nn.Identity())
 
 
+def topk_count(batch: int, epoch: float, gamma: float, nu: float) -> int:
+    """Top-k training's k: gamma^epoch of the batch, but at least nu of it (and at least 1)."""
+    return max(1, int(nu * batch), int(gamma**epoch * batch))
+
+
+def add_topk(t: Trainer, gamma: float, nu: float) -> None:
+    """G's loss over only the k fakes with the highest D logits (k from topk_count, epochs counted
+    in images shown over the training set's size); D's step is unchanged."""
+    g_loss = t.g_loss
+
+    def best_k(out_fake: torch.Tensor) -> torch.Tensor:
+        k = topk_count(out_fake.shape[0], t.nimg / t.n, gamma, nu)
+        t.topk_k = k
+        return g_loss(out_fake.topk(k).values)
+
+    t.g_loss = best_k
+
+
 def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
     """A Trainer on the CPU, with the study-only overrides applied."""
     cls = LeCamTrainer if "lecam" in extra else RelativisticTrainer if "rel" in extra else Trainer
@@ -662,6 +684,8 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
         add_attention(t, extra["attn"])
     if extra.get("g_norm") == "pixel":
         pixel_norm_g(t)
+    if "topk" in extra:
+        add_topk(t, *extra["topk"])
     t.lecam = extra.get("lecam", 0.0)
     t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
     t.lr_decay = extra.get("lr_decay", 0.0)

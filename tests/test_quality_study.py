@@ -479,3 +479,25 @@ def test_pixel_norm_g_scales_each_position_alone_and_trains():
     assert torch.allclose(t.g(z)[:1], t.g(z[:1]), atol=1e-5), "one image no longer depends on its batch"
     conv = next(m for m in t.g.main if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
     assert _trains(t, conv.weight, t.opt_g)
+
+
+def test_topk_g_loss_uses_only_the_fakes_d_scores_highest_and_k_shrinks_to_its_floor():
+    study = _study()
+    import torch
+
+    # Sinha et al. 2020: k = max(nu * B, gamma^epoch * B)
+    assert study.topk_count(32, 0, 0.99, 0.5) == 32
+    assert study.topk_count(32, 10, 0.99, 0.5) == int(0.99**10 * 32) == 28
+    assert study.topk_count(32, 500, 0.99, 0.5) == 16
+    assert study.topk_count(1, 500, 0.99, 0.25) == 1
+    t = study.build(_tiny(study), {"topk": (0.5, 0.25)}, study.tiny_data(n=8))
+    t.nimg = 2 * t.n  # two epochs: k = 0.5^2 x 8 = 2
+    out = torch.tensor([0.1, 3.0, -2.0, 1.5, -0.3, 0.0, 2.0, -1.0], requires_grad=True)
+    loss = t.g_loss(out)
+    ones = torch.ones(2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([3.0, 2.0]), ones)
+    assert t.topk_k == 2 and torch.allclose(loss, expected)
+    loss.backward()
+    assert (out.grad != 0).nonzero().flatten().tolist() == [1, 6], "only the two best fakes teach G"
+    conv = next(m for m in t.g.main if isinstance(m, torch.nn.ConvTranspose2d))
+    assert _trains(t, conv.weight, t.opt_g)
