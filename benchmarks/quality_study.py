@@ -193,11 +193,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # shrinking from the whole batch by 0.99 per epoch to half of it, so the worst samples stop
     # pulling G towards D's current blind spots; costs nothing
     "new_topk": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "topk": (0.99, 0.5)},
-    # Adam with beta1 = 0, beta2 = 0.99, as StyleGAN, BigGAN and R3GAN train: worse on the old
-    # defaults (betas_0_99), not tried on the faster G
     # the defaults again, run beside round 8 (same day, same load): the machine ran slower per CPU
     # second that day than in round 6, so round 8's rows are also compared with this
     "ctl_glr6": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
+    # Adam with beta1 = 0, beta2 = 0.99, as StyleGAN, BigGAN and R3GAN train: worse on the old
+    # defaults (betas_0_99), not tried on the faster G
     "new_b0": {
         "diffaugment": "translation",
         "precision": "bf16",
@@ -292,15 +292,13 @@ class MinibatchStd(torch.nn.Module):
 def add_mbstd(t: Trainer) -> None:
     """Insert MinibatchStd before D's last conv (which gains an input channel); new D optimizer."""
     from pipeline.model import init_weights
-    from pipeline.trainer import _make_adam
 
     layers = list(t.d.main)
     last = layers[-1]
     conv = torch.nn.Conv2d(last.in_channels + 1, 1, 4, 1, 0, bias=False)
     init_weights(conv)
     t.d.main = torch.nn.Sequential(*layers[:-1], MinibatchStd(), conv).to(memory_format=t.fmt)
-    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
-    t.d_fwd = t.d
+    renew_d(t)
 
 
 def excitation(cin: int, cout: int) -> torch.nn.Module:
@@ -384,6 +382,15 @@ def replace_g(t: Trainer, g: torch.nn.Module, added: torch.nn.Module) -> None:
     t.g_fwd = t.g
 
 
+def renew_d(t: Trainer) -> None:
+    """After D changed shape or gained modules: a new D optimizer over all its parameters, at D's
+    learning rate, and the Trainer's forward pointing at it."""
+    from pipeline.trainer import _make_adam
+
+    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
+    t.d_fwd = t.d
+
+
 def add_mirror(t: Trainer) -> None:
     """Each real image x-flipped with probability 1/2 (its own generator: other draws are unchanged)."""
     gen = torch.Generator().manual_seed(t.p.seed + 4242)
@@ -424,7 +431,6 @@ def add_recon(t: Trainer, weight: float, widths: tuple[int, int] = (32, 16)) -> 
     of the real batch back into that batch as D saw it, downsampled to 4x the features' size; its
     mean squared error, times `weight`, joins D's loss. Fakes and the G step are unchanged."""
     from pipeline.model import init_weights
-    from pipeline.trainer import _make_adam
 
     at = next(i for i, m in enumerate(t.d.main) if isinstance(m, torch.nn.LeakyReLU) and _size(t, i) == 8)
     cin = t.d.main[at - 1].num_features
@@ -453,8 +459,7 @@ def add_recon(t: Trainer, weight: float, widths: tuple[int, int] = (32, 16)) -> 
         return d_loss(out_real, out_fake) + weight * F.mse_loss(rebuilt, target)
 
     t.d_loss = with_recon
-    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
-    t.d_fwd = t.d
+    renew_d(t)
 
 
 def add_bcr(t: Trainer, weight: float) -> None:
@@ -546,13 +551,11 @@ def full_size_block(g: torch.nn.Module, width: int) -> torch.nn.Module:
 
 def drop_d_batchnorm(t: Trainer) -> None:
     """D's BatchNorm layers become identities (their affine weights leave D's optimizer)."""
-    from pipeline.trainer import _make_adam
 
     t.d.main = torch.nn.Sequential(
         *(torch.nn.Identity() if isinstance(m, torch.nn.BatchNorm2d) else m for m in t.d.main)
     )
-    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
-    t.d_fwd = t.d
+    renew_d(t)
 
 
 class SelfAttention(torch.nn.Module):
@@ -585,17 +588,18 @@ def _insert_after(net: torch.nn.Module, act: type, size: int, resolution: int, m
     x = torch.zeros(
         2, *((net.latent_dim, 1, 1) if hasattr(net, "latent_dim") else (3, resolution, resolution))
     )
-    layers = list(net.main)
-    with torch.no_grad():
-        was = net.training
-        net.eval()
-        for i, m in enumerate(layers):
-            x = m(x)
-            if isinstance(m, act) and x.shape[-1] == size:
-                block = make(x.shape[1])
-                net.main = torch.nn.Sequential(*layers[: i + 1], block, *layers[i + 1 :])
-                net.train(was)
-                return block
+    layers, was = list(net.main), net.training
+    net.eval()  # a probe, not a training step: BatchNorm's running statistics stay as they are
+    try:
+        with torch.no_grad():
+            for i, m in enumerate(layers):
+                x = m(x)
+                if isinstance(m, act) and x.shape[-1] == size:
+                    block = make(x.shape[1])
+                    net.main = torch.nn.Sequential(*layers[: i + 1], block, *layers[i + 1 :])
+                    return block
+    finally:
+        net.train(was)
     raise ValueError(f"no {act.__name__} with {size}x{size} output")
 
 
@@ -603,15 +607,13 @@ def add_attention(t: Trainer, size: int) -> None:
     """A SelfAttention block after G's block and after D's block whose features are `size` px wide;
     new G (with its EMA copy) and D optimizers."""
     from pipeline.model import init_weights
-    from pipeline.trainer import _make_adam
 
     res = t.p.resolution
     g_block = _insert_after(t.g, torch.nn.ReLU, size, res, SelfAttention)
     d_block = _insert_after(t.d, torch.nn.LeakyReLU, size, res, SelfAttention)
     d_block.apply(init_weights)
     t.d = t.d.to(memory_format=t.fmt)
-    t.opt_d = _make_adam(t.d.parameters(), t.p, t.device, t.opt_d.param_groups[0]["lr"])
-    t.d_fwd = t.d
+    renew_d(t)
     replace_g(t, t.g, g_block)
 
 
