@@ -1062,7 +1062,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         base = dataclasses.replace(base, resolution=32, channels=8, batch_size=8, kimg=0.032)
         data = tiny_data()
-        args.eval_n, args.curve_kimg = 16, 0.016
+        # a curve point after every step: the tiny budget is a few steps, and a slow config (attention)
+        # may get only one, so every config must still record its curve
+        args.eval_n, args.curve_kimg = 16, base.batch_size / 1000
         args.swd = {"patches_per_image": 16, "projections": 64}
     else:
         data = load_dataset(args.data, base.resolution)
