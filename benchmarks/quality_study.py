@@ -29,6 +29,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --round full  # the table of every whole-budget run, trains nothing
     python benchmarks/quality_study.py --tiny --out /tmp/q   # seconds; what the unit test runs
     python benchmarks/quality_study.py --truncation models/generator.pt  # a trained G at truncated latents
+    python benchmarks/quality_study.py --drs models/checkpoint.pt  # a trained run's D picks the samples
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
 `ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`, `attn`, `g_norm`, `topk`) are set by this script after the
@@ -67,7 +68,7 @@ from pipeline.trainer import Trainer
 
 # The defaults this study started from. params.yaml has since moved on (to translation-only
 # DiffAugment, bf16 on CPUs that have it and a higher kimg: `aug_t_bf16` at the budget; then G's
-# learning rate 3x D's: `new_glr6`), so every
+# learning rate 3x D's: `new_glr6`; `channels` is pinned too, should params.yaml's width move), so every
 # config, "defaults" included, is params.yaml's train section, then these, then its own overrides;
 # rows recorded before and after the change stay comparable. `kimg` only sizes the budget unit.
 STUDY_BASE: dict[str, Any] = {
@@ -75,6 +76,7 @@ STUDY_BASE: dict[str, Any] = {
     "precision": "fp32",
     "kimg": 45,
     "g_lr_ratio": 1.0,
+    "channels": 32,
 }
 
 # name -> overrides of STUDY_BASE. "defaults" is the baseline every ratio is against.
@@ -205,6 +207,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "beta1": 0.0,
         "beta2": 0.99,
     },
+    # round 9: G's upsampling as the classic DCGAN's 4x4 stride-2 transposed convs (`upsample:
+    # deconv`, a param): 4/9 of the multiply-adds of nearest + 3x3, so about 1.3x the images in
+    # the budget; it drew checkerboard blobs under the old defaults (README, Training)
+    "new_deconv": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "upsample": "deconv"},
+    # the defaults again, beside round 9, seed for seed (the machine's speed changes day to day)
+    "ctl_r9": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
+    # LeCam on the faster G, at a third of round 1's weight (0.3 there, on the old defaults: worse)
+    "new_lecam": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "lecam": 0.1},
+    # narrower nets see more images in the budget; level with the old defaults in round 1 (ch24),
+    # not tried since more images started to pay (bf16, the faster G)
+    "new_ch24": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "channels": 24},
+    "new_ch16": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "channels": 16},
 }
 STUDY_ONLY = (
     *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
@@ -959,6 +973,80 @@ def truncation_sweep(
     return "\n".join(lines)
 
 
+def d_resample(logits: torch.Tensor, k: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """k distinct indices, in increasing order, drawn without replacement with probability
+    proportional to exp(logit / temperature) (Gumbel top-k); temperature 0 keeps the k highest.
+
+    For a D near its optimum exp(logit) is p_data / p_G, so at temperature 1 this is the
+    discriminator-driven importance resampling of Azadi et al. 2019 and Grover et al. 2019."""
+    if not 0 < k <= logits.numel():
+        raise ValueError(f"k must be in 1..{logits.numel()}, got {k}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        keys = logits.double()
+    else:
+        u = torch.rand(logits.shape, generator=gen, dtype=torch.float64).clamp_min(1e-300)
+        keys = logits.double() / temperature - torch.log(-torch.log(u))
+    return keys.topk(k).indices.sort().values
+
+
+def drs_sweep(
+    checkpoint: Path,
+    data: torch.Tensor,
+    out: Path,
+    temperatures: list[float | None],
+    n: int = EVAL_N,
+    pool: int = 8,
+    swd_kw: dict[str, int] | None = None,
+) -> str:
+    """SWD/floor when D picks the samples: `pool` x n EMA samples of a trained run (a
+    models/checkpoint.pt, which holds D), n of them kept by `d_resample` at each temperature
+    (None = the first n, as the evaluate stage), and a grid of the first 64 kept. Markdown table."""
+    from pipeline.checkpoint import restore
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    names = {f.name for f in dataclasses.fields(TrainParams)}
+    p = TrainParams(**{k: v for k, v in state["params"].items() if k in names})
+    p = dataclasses.replace(p, device="cpu", threads=1)
+    t = Trainer(p, data, torch.device("cpu"))
+    restore(t, state)
+    swd_kw = swd_kw or {}
+    z = latents(pool * n, p.latent_dim, torch.Generator().manual_seed(EVAL_SEED))
+    fake = t.sample(z)
+    t.d.eval()  # running statistics: each image scored on its own
+    with torch.no_grad(), t.autocast():
+        logits = torch.cat([t.d(c.contiguous(memory_format=t.fmt)).float() for c in fake.split(256)])
+        real_logits = torch.cat(
+            [t.d(to_unit(c).contiguous(memory_format=t.fmt)).float() for c in data.split(256)]
+        )
+    a, b = split_halves(data, EVAL_SEED)
+    floor = multiscale_swd(a, b, seed=EVAL_SEED, **swd_kw)["swd_avg"]
+    lines = [
+        f"D-driven resampling of {checkpoint} ({t.nimg / 1000:.0f} kimg): {pool * n} samples, {n} kept; "
+        f"D's logit on them {logits.mean():.2f} ± {logits.std():.2f}, on the training set "
+        f"{real_logits.mean():.2f} ± {real_logits.std():.2f}; floor SWD {floor:.2f}",
+        "",
+        "| temperature | SWD | SWD/floor | SWD 64 / 32 / 16 px | mean logit kept |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    u8 = to_uint8(fake)
+    for temp in temperatures:
+        if temp is None:
+            keep = torch.arange(n)
+        else:
+            keep = d_resample(logits, n, temp, torch.Generator().manual_seed(EVAL_SEED))
+        swd = multiscale_swd(u8[keep], data, seed=EVAL_SEED, **swd_kw)
+        levels = " / ".join(f"{v:.1f}" for k, v in swd.items() if k != "swd_avg")
+        label = "none" if temp is None else "top" if temp == 0 else f"{temp:g}"
+        lines.append(
+            f"| {label} | {swd['swd_avg']:.2f} | {swd['swd_avg'] / floor:.3f} | {levels} "
+            f"| {float(logits[keep].mean()):.2f} |"
+        )
+        to_image(fake[keep[:64]], nrow=8).save(out / f"drs_{label}.png")
+    return "\n".join(lines)
+
+
 def tiny_data(n: int = 24, size: int = 32) -> torch.Tensor:
     """The first `n` built-in synthetic pictures at `size` px: what --tiny trains on."""
     from PIL import Image
@@ -1013,7 +1101,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODEL",
         help="no training: SWD/floor and grids of MODEL (e.g. models/generator.pt) at latent truncations",
     )
+    ap.add_argument(
+        "--drs",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="no training: SWD/floor and grids when a run's D picks its samples (e.g. models/checkpoint.pt)",
+    )
     args = ap.parse_args(argv)
+    if args.drs:
+        if not args.drs.is_file():
+            ap.error(f"--drs {args.drs}: not a file; give a training checkpoint (models/checkpoint.pt)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        state = torch.load(args.drs, map_location="cpu", weights_only=True, mmap=True)
+        data = load_dataset(args.data, state["params"]["resolution"])
+        print(drs_sweep(args.drs, data, args.out, [None, 2.0, 1.0, 0.0]))
+        return 0
     if args.truncation:
         from pipeline.errors import PipelineError
         from pipeline.sample import load

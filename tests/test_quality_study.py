@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SWD = {"patches_per_image": 16, "projections": 64}  # as --tiny
@@ -85,7 +87,8 @@ def test_configs_are_overrides_of_the_study_base_and_new_glr6_is_params_yaml():
     defaults, extra = study.config_params("defaults", 0, base)
     assert not extra and defaults.d_width == defaults.channels
     assert (defaults.diffaugment, defaults.precision, defaults.kimg) == ("color,translation", "fp32", 45)
-    assert defaults.g_lr_ratio == 1.0  # rows recorded before g_lr_ratio existed stay comparable
+    # rows recorded before g_lr_ratio existed stay comparable, and so do all rows if params.yaml's width moves
+    assert (defaults.g_lr_ratio, defaults.channels) == (1.0, 32)
     # The study's winner is what params.yaml holds now, but for precision (auto is bf16 on the
     # study's CPU) and kimg (a budget run stops on CPU time, not on kimg). It screened G's learning
     # rate as a study knob (lr_g = 3 x lr), which params.yaml now sets as g_lr_ratio.
@@ -501,3 +504,73 @@ def test_topk_g_loss_uses_only_the_fakes_d_scores_highest_and_k_shrinks_to_its_f
     assert (out.grad != 0).nonzero().flatten().tolist() == [1, 6], "only the two best fakes teach G"
     conv = next(m for m in t.g.main if isinstance(m, torch.nn.ConvTranspose2d))
     assert _trains(t, conv.weight, t.opt_g)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-50, 50), min_size=1, max_size=40),
+    k_frac=st.floats(0.01, 1.0),
+    temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0, 100.0]),
+    seed=st.integers(0, 2**31),
+)
+def test_d_resample_keeps_k_distinct_images_in_order(logits, k_frac, temperature, seed):
+    study = _study()
+    import torch
+
+    x = torch.tensor(logits)
+    k = max(1, int(k_frac * len(logits)))
+    keep = study.d_resample(x, k, temperature, torch.Generator().manual_seed(seed))
+    assert keep.tolist() == sorted(set(keep.tolist())) and len(keep) == k
+    assert int(keep.min()) >= 0 and int(keep.max()) < len(logits)
+    if temperature == 0:  # the k highest: nothing left out scores above anything kept
+        left = torch.ones(len(logits), dtype=torch.bool)
+        left[keep] = False
+        assert not left.any() or float(x[left].max()) <= float(x[keep].min())
+
+
+def test_d_resample_draws_in_proportion_to_exp_logit_over_temperature():
+    study = _study()
+    import torch
+
+    # Gumbel top-1 is a draw from softmax(logit / T): logits 0 and log 9 give 1 : 9 at T = 1,
+    # and 1 : 3 at T = 2; at T = 0 the higher one always
+    gen = torch.Generator().manual_seed(0)
+    x = torch.tensor([0.0, float(torch.log(torch.tensor(9.0)))])
+    for temperature, share in ((1.0, 0.9), (2.0, 0.75)):
+        picks = [int(study.d_resample(x, 1, temperature, gen)) for _ in range(4000)]
+        assert abs(sum(picks) / len(picks) - share) < 0.025
+    assert int(study.d_resample(x, 1, 0.0, gen)) == 1
+    with pytest.raises(ValueError, match="k must be in 1..2"):
+        study.d_resample(x, 3, 1.0, gen)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        study.d_resample(x, 1, -1.0, gen)
+
+
+def test_drs_sweep_scores_a_checkpoints_samples_with_its_d_and_writes_a_grid_per_temperature(tmp_path):
+    study = _study()
+    import torch
+
+    from pipeline import checkpoint
+
+    data = study.tiny_data(n=8)
+    t = study.build(_tiny(study, latent_dim=16), {}, data)
+    for _ in range(3):
+        t.step()
+    path = tmp_path / "checkpoint.pt"
+    torch.save(checkpoint.capture(t, checkpoint.fingerprint(data)), path)
+    table = study.drs_sweep(path, data, tmp_path, [None, 1.0, 0.0], n=16, pool=2, swd_kw=TINY_SWD)
+    assert "32 samples, 16 kept" in table.splitlines()[0]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"| none", "| 1", "| top"}
+    mean_kept = {k: float(v[-1].rstrip(" |")) for k, v in rows.items() if k in ("| none", "| 1", "| top")}
+    assert mean_kept["| top"] >= mean_kept["| 1"] and mean_kept["| top"] >= mean_kept["| none"]
+    grids = {label: (tmp_path / f"drs_{label}.png").read_bytes() for label in ("none", "1", "top")}
+    assert grids["none"] != grids["top"]
+
+
+def test_drs_of_a_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
+    study = _study()
+    with pytest.raises(SystemExit):
+        study.main(["--drs", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "nope.pt: not a file; give a training checkpoint" in err
