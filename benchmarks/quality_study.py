@@ -1003,11 +1003,12 @@ def drs_sweep(
     """SWD/floor when D picks the samples: `pool` x n EMA samples of a trained run (a
     models/checkpoint.pt, which holds D), n of them kept by `d_resample` at each temperature
     (None = the first n, as the evaluate stage), and a grid of the first 64 kept. Markdown table."""
-    from pipeline.checkpoint import restore
+    from pipeline.checkpoint import ADDED_LATER, restore
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     names = {f.name for f in dataclasses.fields(TrainParams)}
-    p = TrainParams(**{k: v for k, v in state["params"].items() if k in names})
+    saved = ADDED_LATER | state["params"]  # a checkpoint from before a param existed computed its old value
+    p = TrainParams(**{k: v for k, v in saved.items() if k in names})
     p = dataclasses.replace(p, device="cpu", threads=1)
     t = Trainer(p, data, torch.device("cpu"))
     restore(t, state)
@@ -1111,8 +1112,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.drs:
         if not args.drs.is_file():
             ap.error(f"--drs {args.drs}: not a file; give a training checkpoint (models/checkpoint.pt)")
+        try:
+            state = torch.load(args.drs, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises several types for a file that is not its own
+            ap.error(
+                f"--drs {args.drs}: not a readable torch file ({type(e).__name__}); give models/checkpoint.pt"
+            )
+        if not (isinstance(state, dict) and {"params", "D", "G_ema"} <= state.keys()):
+            ap.error(
+                f"--drs {args.drs}: not a training checkpoint (it holds no D; models/generator.pt has only G); "
+                "give models/checkpoint.pt"
+            )
         args.out.mkdir(parents=True, exist_ok=True)
-        state = torch.load(args.drs, map_location="cpu", weights_only=True, mmap=True)
         data = load_dataset(args.data, state["params"]["resolution"])
         print(drs_sweep(args.drs, data, args.out, [None, 2.0, 1.0, 0.0]))
         return 0

@@ -1,6 +1,7 @@
 """benchmarks/quality_study.py in --tiny mode: the same code paths as the real study, in seconds."""
 
 import dataclasses
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -111,6 +112,12 @@ def test_unknown_config_is_one_clear_error(tmp_path):
     study = _study()
     with pytest.raises(SystemExit):
         study.main(["--configs", "nope", "--out", str(tmp_path), "--params", str(ROOT / "params.yaml")])
+
+
+@functools.cache
+def _study_once():
+    """One shared copy, for tests that only call pure functions of the script."""
+    return _study()
 
 
 def _tiny(study, **overrides):
@@ -514,7 +521,7 @@ def test_topk_g_loss_uses_only_the_fakes_d_scores_highest_and_k_shrinks_to_its_f
     seed=st.integers(0, 2**31),
 )
 def test_d_resample_keeps_k_distinct_images_in_order(logits, k_frac, temperature, seed):
-    study = _study()
+    study = _study_once()
     import torch
 
     x = torch.tensor(logits)
@@ -568,9 +575,30 @@ def test_drs_sweep_scores_a_checkpoints_samples_with_its_d_and_writes_a_grid_per
     assert grids["none"] != grids["top"]
 
 
-def test_drs_of_a_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nope.pt", None, "nope.pt: not a file; give a training checkpoint"),
+        ("page.pt", b"<!doctype html><title>404</title>", "page.pt: not a readable torch file"),
+        ("generator.pt", "generator", "generator.pt: not a training checkpoint (it holds no D"),
+    ],
+)
+def test_drs_of_anything_but_a_training_checkpoint_is_one_clear_error(
+    tmp_path, capsys, name, content, message
+):
     study = _study()
+    import torch
+
+    from pipeline.model import Generator, generator_config
+
+    path = tmp_path / name
+    if content == "generator":  # what `--truncation` takes, and the sample stage writes: G only
+        torch.save(
+            {"config": generator_config(32, 16, 4), "state_dict": Generator(32, 16, 4).state_dict()}, path
+        )
+    elif content is not None:
+        path.write_bytes(content)
     with pytest.raises(SystemExit):
-        study.main(["--drs", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "nope.pt: not a file; give a training checkpoint" in err
+        study.main(["--drs", str(path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
