@@ -32,7 +32,7 @@ already there are skipped, so an interrupted study continues.
     python benchmarks/quality_study.py --drs models/checkpoint.pt  # a trained run's D picks the samples
 
 Configs whose overrides are not TrainParams fields (`lr_g`, `lr_d`, `lecam`,
-`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`, `attn`, `g_norm`, `topk`) are set by this script after the
+`ema_rampup`, `lr_decay`, `mirror`, `mbstd`, `sle`, `skip`, `rel`, `blur`, `d_bn`, `g_top`, `ada`, `smooth`, `recon`, `bcr`, `attn`, `g_norm`, `topk`, `noise`, `res`) are set by this script after the
 Trainer is built: screening only, they are not training params unless the study shows they help
 (`d_channels` was one, and became a param, as pytorch/examples' `ndf`; `lr_g` became `g_lr_ratio`).
 `d_half` runs were recorded before that and built the narrower D after G with
@@ -77,6 +77,7 @@ STUDY_BASE: dict[str, Any] = {
     "kimg": 45,
     "g_lr_ratio": 1.0,
     "channels": 32,
+    "shift": 0.125,
 }
 
 # name -> overrides of STUDY_BASE. "defaults" is the baseline every ratio is against.
@@ -219,15 +220,31 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # not tried since more images started to pay (bf16, the faster G)
     "new_ch24": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "channels": 24},
     "new_ch16": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "channels": 16},
+    # round 10, what the issue lists and rounds 1-9 left out. DiffAugment's translation strength:
+    # the paper's 1/8 of the size (+-8 px at 64) is the default; half and twice that
+    "new_shift16": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "shift": 1 / 16},
+    "new_shift25": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "shift": 1 / 4},
+    # StyleGAN's per-pixel noise inputs in G (a learned per-channel strength, from 0), so that G
+    # need not spend its features on pixel-level variation
+    "new_noise": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "noise": True},
+    # residual blocks in G: after each block's ReLU (4-32 px), x + ReLU(BN(conv3x3(x))); a third
+    # more of G's multiply-adds
+    "new_res": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "res": True},
+    # the defaults again, beside round 10 (seed for seed: control runs of the same config on other
+    # days differ by up to 0.12 per seed)
+    "ctl_r10": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006},
+    # hinge instead of the non-saturating loss, on the faster G (round 1, old defaults: worse)
+    "new_hinge": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "loss": "hinge"},
 }
 STUDY_ONLY = (
     *("lr_g", "lr_d", "lecam", "ema_rampup", "lr_decay", "mirror", "mbstd", "sle", "skip", "rel"),
     *("blur", "d_bn", "g_top", "ada", "smooth", "recon", "bcr"),  # round 7
     *("attn", "g_norm", "topk"),  # round 8
+    *("noise", "res"),  # round 10
 )
 # --tiny: one of each code path
 TINY_CONFIGS = ["defaults", "ttur", "d_half", "lecam", "lr_decay", "new_mirror", "new_mbstd", "new_sle"]
-TINY_CONFIGS += ["new_blur", "new_attn16", "new_pixnorm"]
+TINY_CONFIGS += ["new_blur", "new_attn16", "new_pixnorm", "new_shift25", "new_noise", "new_res"]
 EVAL_N, EVAL_SEED, GRID_SEED = 512, 123, 42  # as the evaluate and sample stages
 FULL = "full"  # --round full (table and --plot only): all runs at the whole budget, across rounds
 CURVE_IMAGES = 128  # as the trainer's in-training SWD (DVCLive eval/swd_avg)
@@ -647,6 +664,57 @@ def pixel_norm_g(t: Trainer) -> None:
     replace_g(t, t.g, torch.nn.Identity())
 
 
+class NoiseInput(torch.nn.Module):
+    """StyleGAN's noise input: one N(0, 1) map per image and position, added to every channel with
+    a learned per-channel strength that starts at 0."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.strength = torch.nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        return x + self.strength.to(x.dtype) * torch.randn(b, 1, h, w, device=x.device, dtype=x.dtype)
+
+
+def add_noise_inputs(t: Trainer) -> None:
+    """A NoiseInput after each of G's convs that BatchNorm follows (all but the RGB one); new EMA
+    copy and G optimizer."""
+    layers: list[torch.nn.Module] = []
+    for m in t.g.main:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            layers.append(NoiseInput(m.num_features))
+        layers.append(m)
+    t.g.main = torch.nn.Sequential(*layers)
+    replace_g(t, t.g, torch.nn.Identity())
+
+
+class Residual(torch.nn.Module):
+    """x + ReLU(BN(conv3x3(x))): a residual block of one conv, at the block's own width."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            torch.nn.BatchNorm2d(channels),
+            torch.nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def add_residual_g(t: Trainer) -> None:
+    """A Residual block after each of G's ReLUs (4 px up to half the resolution); new EMA copy and
+    G optimizer."""
+    res, blocks = t.p.resolution, []
+    size = 4
+    while size < res:
+        blocks.append(_insert_after(t.g, torch.nn.ReLU, size, res, Residual))
+        size *= 2
+    replace_g(t, t.g, torch.nn.ModuleList(blocks))
+
+
 def topk_count(batch: int, epoch: float, gamma: float, nu: float) -> int:
     """Top-k training's k: gamma^epoch of the batch, but at least nu of it (and at least 1)."""
     return max(1, int(nu * batch), int(gamma**epoch * batch))
@@ -702,6 +770,10 @@ def build(p: TrainParams, extra: dict[str, Any], data: torch.Tensor) -> Trainer:
         pixel_norm_g(t)
     if "topk" in extra:
         add_topk(t, *extra["topk"])
+    if extra.get("noise"):
+        add_noise_inputs(t)
+    if extra.get("res"):
+        add_residual_g(t)
     t.lecam = extra.get("lecam", 0.0)
     t.ema_rampup = extra.get("ema_rampup", t.ema_rampup)
     t.lr_decay = extra.get("lr_decay", 0.0)

@@ -43,7 +43,7 @@ RESUME_FREE = {
 }
 # Params added after checkpoints were first written, with the value that computes what the
 # trainer did before they existed: an older checkpoint resumes under that value, not under others.
-ADDED_LATER = {"d_channels": 0, "g_lr_ratio": 1.0}
+ADDED_LATER = {"d_channels": 0, "g_lr_ratio": 1.0, "shift": 0.125}
 
 
 def fingerprint(data: torch.Tensor) -> str:

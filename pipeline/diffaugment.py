@@ -27,11 +27,12 @@ def parse_policy(text: str) -> tuple[str, ...]:
 
 
 def diff_augment(
-    x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator | None = None
+    x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator | None = None, shift: float = 0.125
 ) -> torch.Tensor:
-    """Apply each transform of `policy` in order, with independent draws per image."""
+    """Apply each transform of `policy` in order, with independent draws per image; `translation`
+    moves each image by up to `shift` of its size (the paper's 1/8 by default)."""
     for name in policy:
-        x = _OPS[name](x, gen)
+        x = translation(x, gen, shift) if name == "translation" else _OPS[name](x, gen)
     return x
 
 

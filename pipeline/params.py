@@ -263,6 +263,7 @@ class TrainParams:
     loss: Literal["bce", "hinge"]
     r1_gamma: float
     diffaugment: str
+    shift: float
     ema_kimg: float
     batch_size: int
     lr: float
@@ -313,6 +314,11 @@ class TrainParams:
             not bad,
             "train.diffaugment",
             f"unknown augmentation {bad[0] if bad else ''!r}; use a comma list of color, translation, cutout, or none",
+        )
+        _check(
+            0 < self.shift <= 0.5,
+            "train.shift",
+            f"must be above 0 and at most 0.5 (a fraction of the image size; 0.125 = DiffAugment's), got {self.shift}",
         )
         _check(self.ema_kimg >= 0, "train.ema_kimg", f"must be 0 (no EMA) or more, got {self.ema_kimg}")
         # BatchNorm in training mode needs at least two images per batch.

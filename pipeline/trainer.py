@@ -128,7 +128,7 @@ class Trainer:
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if not self.policy:
             return x
-        return diff_augment(x, self.policy, self.gen_dev).contiguous(memory_format=self.fmt)
+        return diff_augment(x, self.policy, self.gen_dev, self.p.shift).contiguous(memory_format=self.fmt)
 
     def _next_real(self) -> torch.Tensor:
         if self.cursor + self.batch > self.n:

@@ -89,7 +89,7 @@ def test_configs_are_overrides_of_the_study_base_and_new_glr6_is_params_yaml():
     assert not extra and defaults.d_width == defaults.channels
     assert (defaults.diffaugment, defaults.precision, defaults.kimg) == ("color,translation", "fp32", 45)
     # rows recorded before g_lr_ratio existed stay comparable, and so do all rows if params.yaml's width moves
-    assert (defaults.g_lr_ratio, defaults.channels) == (1.0, 32)
+    assert (defaults.g_lr_ratio, defaults.channels, defaults.shift) == (1.0, 32, 0.125)
     # The study's winner is what params.yaml holds now, but for precision (auto is bf16 on the
     # study's CPU) and kimg (a budget run stops on CPU time, not on kimg). It screened G's learning
     # rate as a study knob (lr_g = 3 x lr), which params.yaml now sets as g_lr_ratio.
@@ -602,3 +602,56 @@ def test_drs_of_anything_but_a_training_checkpoint_is_one_clear_error(
         study.main(["--drs", str(path), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_shift_moves_each_image_by_at_most_its_fraction_of_the_size():
+    study = _study()
+    import torch
+
+    # A single bright pixel in the centre of a 32 px image lands within +-shift x 32 px of it.
+    for shift, most in ((1 / 4, 8), (1 / 16, 2)):
+        t = study.build(_tiny(study, shift=shift), {}, study.tiny_data(n=8))
+        x = torch.zeros(256, 3, 32, 32)
+        x[:, :, 16, 16] = 1.0
+        where = t._augment(x)[:, 0].flatten(1).argmax(dim=1)
+        dy, dx = where // 32 - 16, where % 32 - 16
+        assert max(dy.abs().max(), dx.abs().max()) == most, shift
+
+
+def test_noise_inputs_start_silent_then_learn_a_strength_per_channel():
+    study = _study()
+    import torch
+
+    t = study.build(_tiny(study), {"noise": True}, study.tiny_data(n=8))
+    noises = [m for m in t.g.main if isinstance(m, study.NoiseInput)]
+    bns = [m for m in t.g.main if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(noises) == len(bns) == 3  # one before each BatchNorm at 32 px
+    assert all(n.strength.shape[1] == b.num_features for n, b in zip(noises, bns, strict=True))
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.equal(noises[0].__class__(4)(x), x), "strength 0: no noise at the start"
+    assert _trains(t, noises[-1].strength, t.opt_g)
+    assert noises[-1].strength.abs().sum() > 0
+    assert any(isinstance(m, study.NoiseInput) for m in t.g_ema.main), "the EMA copy has them too"
+
+
+def test_residual_g_adds_a_block_per_size_that_passes_its_input_through_and_trains():
+    study = _study()
+    import torch
+
+    t = study.build(_tiny(study), {"res": True}, study.tiny_data(n=8))
+    blocks = [m for m in t.g.main if isinstance(m, study.Residual)]
+    assert len(blocks) == 3  # after the 4, 8 and 16 px ReLUs at 32 px
+    probe, sizes = t.fixed_z[:2].view(2, -1, 1, 1), []
+    t.g.eval()
+    with torch.no_grad():
+        for m in t.g.main:
+            probe = m(probe)
+            if isinstance(m, study.Residual):
+                sizes.append(probe.shape[-1])
+    assert sizes == [4, 8, 16]
+    x = torch.randn(2, 5, 4, 4)
+    block = study.Residual(5).eval()
+    torch.nn.init.zeros_(block.body[0].weight)
+    assert torch.allclose(block(x), x + torch.relu(block.body[1].bias).view(1, -1, 1, 1))
+    t.g.train()
+    assert _trains(t, blocks[0].body[0].weight, t.opt_g)

@@ -416,6 +416,8 @@ def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
         ({"upsample": "bilinear"}, "train.upsample: must be one of deconv, nearest"),
         ({"loss": "wgan"}, "train.loss: must be one of bce, hinge"),
         ({"diffaugment": "color,colour"}, "train.diffaugment: unknown augmentation 'colour'"),
+        ({"shift": 0}, "train.shift: must be above 0 and at most 0.5"),
+        ({"shift": 0.75}, "train.shift: must be above 0 and at most 0.5 (a fraction of the image size"),
         ({"ema_kimg": -1}, "train.ema_kimg: must be 0 (no EMA) or more"),
         ({"r1_gamma": -0.1}, "train.r1_gamma: must be 0 (off) or more"),
         ({"batch_size": 1}, "train.batch_size: must be at least 2"),
