@@ -227,7 +227,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # StyleGAN's per-pixel noise inputs in G (a learned per-channel strength, from 0), so that G
     # need not spend its features on pixel-level variation
     "new_noise": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "noise": True},
-    # residual blocks in G: after each block's ReLU (4-32 px), x + ReLU(BN(conv3x3(x))); a third
+    # residual blocks in G: after each block's ReLU (4-32 px), x + ReLU(BN(conv3x3(x))); about 60%
     # more of G's multiply-adds
     "new_res": {"diffaugment": "translation", "precision": "bf16", "lr_g": 0.0006, "res": True},
     # the defaults again, beside round 10 (seed for seed: control runs of the same config on other

@@ -320,6 +320,12 @@ class TrainParams:
             "train.shift",
             f"must be above 0 and at most 0.5 (a fraction of the image size; 0.125 = DiffAugment's), got {self.shift}",
         )
+        # translation rounds shift x size to whole pixels: below half a pixel it would silently do nothing
+        _check(
+            not 0 < self.shift < 1 / (2 * r) or "translation" not in augs,
+            "train.shift",
+            f"{self.shift} moves images by 0 px at train.resolution {r}; use at least {1 / (2 * r)}",
+        )
         _check(self.ema_kimg >= 0, "train.ema_kimg", f"must be 0 (no EMA) or more, got {self.ema_kimg}")
         # BatchNorm in training mode needs at least two images per batch.
         _check(self.batch_size >= 2, "train.batch_size", f"must be at least 2, got {self.batch_size}")

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.diffaugment import cutout, diff_augment, parse_policy, translation
@@ -79,19 +79,22 @@ def test_diffaugment_is_reproducible_from_its_generator_and_differs_per_image():
 
 @settings(max_examples=30, deadline=None)
 @given(size=st.sampled_from([8, 16, 32, 64]), shift=st.floats(0.01, 0.5), seed=st.integers(0, 2**31 - 1))
-def test_diff_augment_translation_moves_no_image_further_than_shift(size, shift, seed):
+def test_diff_augment_translation_moves_images_up_to_shift_and_no_further(size, shift, seed):
     # One lit pixel per image at a random spot: after the policy's translation it is either gone
-    # (shifted off the edge) or within round(shift x size) px of where it was, on each axis.
-    gen = torch.Generator().manual_seed(seed)
-    ys, xs = torch.randint(0, size, (64,), generator=gen), torch.randint(0, size, (64,), generator=gen)
-    x = torch.zeros(64, 1, size, size)
-    x[torch.arange(64), 0, ys, xs] = 1.0
-    out = diff_augment(x, parse_policy("translation"), gen, shift)
+    # (shifted off the edge) or within round(shift x size) px of where it was on each axis, and
+    # over 512 images some move that far.
     most = int(size * shift + 0.5)
-    for i in torch.nonzero(out.flatten(1).amax(dim=1) > 0).flatten().tolist():
-        where = int(out[i].flatten().argmax())
-        assert abs(where // size - int(ys[i])) <= most and abs(where % size - int(xs[i])) <= most
-    assert out.sum() <= x.sum()
+    assume(most >= 1)  # train.shift refuses values that move nothing
+    n = 512
+    gen = torch.Generator().manual_seed(seed)
+    ys, xs = torch.randint(0, size, (n,), generator=gen), torch.randint(0, size, (n,), generator=gen)
+    x = torch.zeros(n, 1, size, size)
+    x[torch.arange(n), 0, ys, xs] = 1.0
+    out = diff_augment(x, parse_policy("translation"), gen, shift)
+    kept = torch.nonzero(out.flatten(1).amax(dim=1) > 0).flatten()
+    where = out[kept].flatten(1).argmax(dim=1)
+    dy, dx = (where // size - ys[kept]).abs(), (where % size - xs[kept]).abs()
+    assert int(torch.maximum(dy, dx).max()) == most
 
 
 def test_translation_shifts_and_fills_with_zero():
