@@ -277,39 +277,30 @@ def test_resume_only_with_matching_params_and_data(in_tmp, caplog):
     assert "for other settings (training images); starting fresh" in caplog.text
 
 
-def test_a_checkpoint_from_before_g_lr_ratio_resumes_only_at_ratio_1(in_tmp, caplog):
+@pytest.mark.parametrize(
+    ("name", "before", "other"),
+    [
+        ("g_lr_ratio", 1.0, 3.0),  # before the param existed, G learnt at lr
+        ("shift", 0.125, 0.0625),  # and translation moved images by up to 1/8
+    ],
+)
+def test_a_checkpoint_from_before_a_param_resumes_only_at_the_value_it_trained_with(
+    in_tmp, caplog, name, before, other
+):
     caplog.set_level(logging.INFO, logger="pipeline.train")
     make_processed()
-    train.run(params_from_dict(tiny(g_lr_ratio=1.0)))
+    train.run(params_from_dict(tiny(**{name: before})))
     state = checkpoint()
-    del state["resume_key"]["g_lr_ratio"]  # as written before the param existed: G learnt at lr
+    del state["resume_key"][name]  # as written before the param existed
     torch.save(state, paths.CHECKPOINT)
 
     caplog.clear()
-    train.run(params_from_dict(tiny(kimg=0.16, g_lr_ratio=3.0)))
-    assert "for other settings (train.g_lr_ratio); starting fresh" in caplog.text
+    train.run(params_from_dict(tiny(kimg=0.16, **{name: other})))
+    assert f"for other settings (train.{name}); starting fresh" in caplog.text
 
     torch.save(state, paths.CHECKPOINT)
     caplog.clear()
-    train.run(params_from_dict(tiny(kimg=0.16, g_lr_ratio=1.0)))
-    assert "resuming from models/checkpoint.pt at step 10" in caplog.text
-
-
-def test_a_checkpoint_from_before_shift_resumes_only_at_diffaugments_eighth(in_tmp, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.train")
-    make_processed()
-    train.run(params_from_dict(tiny(shift=0.125)))
-    state = checkpoint()
-    del state["resume_key"]["shift"]  # as written before the param existed: translation moved 1/8
-    torch.save(state, paths.CHECKPOINT)
-
-    caplog.clear()
-    train.run(params_from_dict(tiny(kimg=0.16, shift=0.0625)))
-    assert "for other settings (train.shift); starting fresh" in caplog.text
-
-    torch.save(state, paths.CHECKPOINT)
-    caplog.clear()
-    train.run(params_from_dict(tiny(kimg=0.16, shift=0.125)))
+    train.run(params_from_dict(tiny(kimg=0.16, **{name: before})))
     assert "resuming from models/checkpoint.pt at step 10" in caplog.text
 
 
