@@ -322,7 +322,7 @@ class TrainParams:
         )
         # translation rounds shift x size to whole pixels: below half a pixel it would silently do nothing
         _check(
-            not 0 < self.shift < 1 / (2 * r) or "translation" not in augs,
+            self.shift >= 1 / (2 * r) or "translation" not in augs,
             "train.shift",
             f"{self.shift} moves images by 0 px at train.resolution {r}; use at least {1 / (2 * r)}",
         )

@@ -431,7 +431,6 @@ def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
             {"shift": 0.005},
             "train.shift: 0.005 moves images by 0 px at train.resolution 64; use at least 0.0078125",
         ),
-        ({"shift": 0.005, "diffaugment": "color"}, None),  # no translation: shift is not used
         ({"ema_kimg": -1}, "train.ema_kimg: must be 0 (no EMA) or more"),
         ({"r1_gamma": -0.1}, "train.r1_gamma: must be 0 (off) or more"),
         ({"batch_size": 1}, "train.batch_size: must be at least 2"),
@@ -447,14 +446,18 @@ def test_ddp_needs_a_batch_that_splits(in_tmp, monkeypatch):
     ],
 )
 def test_bad_train_params_fail_at_load_with_one_line(train_params, needle):
-    if needle is None:
-        params_from_dict({"train": train_params})
-        return
     with pytest.raises(ParamsError) as err:
         params_from_dict({"train": train_params})
     assert needle in str(err.value)
     assert str(err.value).startswith("params.yaml: train.")
     assert "\n" not in str(err.value)
+
+
+def test_a_shift_too_small_to_move_a_pixel_is_refused_only_when_translation_is_on():
+    with pytest.raises(ParamsError, match="train.shift: 0.005 moves images by 0 px"):
+        params_from_dict({"train": {"shift": 0.005, "diffaugment": "color,translation"}})
+    assert params_from_dict({"train": {"shift": 0.005, "diffaugment": "color"}}).train.shift == 0.005
+    assert params_from_dict({"train": {"shift": 1 / 128}}).train.shift == 1 / 128  # half a pixel at 64: 1 px
 
 
 def test_project_train_params_are_valid():
